@@ -1,0 +1,5 @@
+"""hpsearch: the paper's hyperparameter search as an Optuna service (sampler, study, workers, export)."""
+
+from hpsearch._sampler import NeighborhoodSampler
+
+__all__ = ["NeighborhoodSampler"]

@@ -1,0 +1,434 @@
+"""The search scheme of Avetisian's paper as an Optuna sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import math
+import numbers
+import threading
+from typing import Any
+from typing import NamedTuple
+from typing import TYPE_CHECKING
+import zlib
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import check_distribution_compatibility
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+from optuna.samplers import BaseSampler
+from optuna.samplers import RandomSampler
+
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+    from optuna.trial import TrialState
+
+
+# User attribute naming what a trial was drawn around: a trial number (int) or "start".
+_PARENT_ATTR = "parent_trial"
+# Study system attribute holding the number of the trial that was given the start point.
+_START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
+# Contexts of trials that never reach after_trial (ask without tell) must not pile up.
+_MAX_CACHED_CONTEXTS = 1024
+
+
+class _Context(NamedTuple):
+    """What one trial draws around, looked up once per trial."""
+
+    center: Mapping[str, Any]  # best params (or start); empty: no centre at all
+    distributions: Mapping[str, BaseDistribution] | None  # of the best trial; None for start
+    exact_start: bool  # this trial evaluates the start point as is
+
+
+class NeighborhoodSampler(BaseSampler):
+    """Draw each hyperparameter around the best trial so far, as in Avetisian's paper.
+
+    The paper's scheme: take the best hyperparameters so far, draw each new value in
+    ``[best / factor, best * factor]`` (``factor=10``), train, keep the better. Here "best" is
+    the best COMPLETE trial of the study (``study.best_trial``; FAIL trials, such as those whose
+    objective returned NaN, never count). Before any trial completes, "best" is ``start``.
+
+    Rules:
+
+    * Numeric parameters are drawn from ``[best / factor, best * factor]`` intersected with the
+      distribution's ``[low, high]``, log-uniformly (``scale="log"``) or uniformly, then put on
+      the distribution's step grid. Categorical parameters, parameters the best trial lacks,
+      best values ``<= 0`` and an empty intersection fall back to plain random sampling.
+    * The first trial given ``start`` evaluates it exactly: while no trial is complete, the first
+      trial to ask for a parameter claims the start point (recorded in a study system attribute)
+      and gets every ``start`` value that is valid for its distribution as is; later trials
+      perturb around ``start``. Two workers starting at the same moment may both claim it.
+    * Each trial records what it was drawn around in the user attribute ``"parent_trial"``: the
+      best trial's number, or ``"start"``. Trials drawn with no centre at all record nothing.
+    * Draws are keyed on ``(seed, trial number, parameter name)``: the same seed, the same best
+      and the same trial number give the same values in any process, and different trials (so
+      different workers) get different streams.
+
+    Example:
+
+        .. testcode::
+
+            import optuna
+            from hpsearch import NeighborhoodSampler
+
+
+            def objective(trial):
+                lr = trial.suggest_float("learning_rate", 1e-6, 1e-2, log=True)
+                channels = trial.suggest_int("channels", 8, 64)
+                return (lr - 1e-4) ** 2 + (channels - 30) ** 2
+
+
+            sampler = NeighborhoodSampler(
+                start={"learning_rate": 7.6e-5, "channels": 30}, seed=0
+            )
+            study = optuna.create_study(sampler=sampler)
+            study.optimize(objective, n_trials=10)
+
+    Args:
+        start:
+            The start point (the paper's Table 1), ``{name: value}`` with numbers, strings,
+            booleans or ``None``; it is the centre until a trial completes. ``None`` (default):
+            random sampling until a trial completes.
+        factor:
+            Width of the neighbourhood, greater than 1: values are drawn in
+            ``[best / factor, best * factor]``. The paper uses 10.
+        scale:
+            ``"log"`` (default) draws log-uniformly in the neighbourhood, so a value is as likely
+            to shrink as to grow; ``"uniform"`` draws uniformly.
+        seed:
+            A non-negative integer for reproducible draws. ``None`` draws a fresh seed, so that
+            workers differ. Optuna reseeds samplers when ``n_jobs > 1``, like its own samplers.
+    """
+
+    def __init__(
+        self,
+        *,
+        start: Mapping[str, Any] | None = None,
+        factor: float = 10.0,
+        scale: str = "log",
+        seed: int | None = None,
+    ) -> None:
+        self._start = _check_start(start)
+        self._factor = _check_factor(factor)
+        if scale not in ("log", "uniform"):
+            raise ValueError(f"scale must be 'log' or 'uniform', got {scale!r}.")
+        self._log_scale = scale == "log"
+        self._seed = _fresh_seed() if seed is None else _check_seed(seed)
+        # Per-trial look-ups, so a trial reads the best trial once. n_jobs > 1 runs trials in
+        # threads that share this sampler, hence the lock.
+        self._contexts: dict[tuple[int, int, int], _Context] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Locks do not pickle; the cache is only valid in this process anyway.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_contexts"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def reseed_rng(self) -> None:
+        self._seed = _fresh_seed()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        context = self._context(study, trial)
+        if context.distributions is None:
+            return {}
+        # Only what gets a neighbourhood draw: the rest goes to sample_independent, which sees
+        # the trial's own distribution (bounds may have changed since the best trial).
+        return {
+            name: dist
+            for name, dist in context.distributions.items()
+            if isinstance(dist, (FloatDistribution, IntDistribution))
+            and not dist.single()
+            and _usable_center(context.center.get(name))
+        }
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        context = self._context(study, trial)
+        params = {}
+        for name, dist in search_space.items():
+            value = _neighbor_value(
+                self._rng(trial, name), dist, context.center[name], self._factor, self._log_scale
+            )
+            # The best value lies inside the best trial's own bounds, so this is never empty;
+            # checked anyway so a surprise falls to sample_independent rather than crashing.
+            if value is not None:
+                params[name] = value
+        return params
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        context = self._context(study, trial)
+        dist = param_distribution
+
+        if context.exact_start and param_name in context.center:
+            value = _exact_value(dist, context.center[param_name])
+            if value is not None:
+                return value
+
+        center = context.center.get(param_name)
+        if (
+            isinstance(dist, (FloatDistribution, IntDistribution))
+            and _usable_center(center)
+            and _compatible(context.distributions, param_name, dist)
+        ):
+            value = _neighbor_value(
+                self._rng(trial, param_name), dist, center, self._factor, self._log_scale
+            )
+            if value is not None:
+                return value
+
+        # Categorical, no centre, centre <= 0, or the neighbourhood misses [low, high].
+        seed = int(self._rng(trial, param_name, fallback=True).integers(2**32))
+        value = RandomSampler(seed=seed).sample_independent(study, trial, param_name, dist)
+        return _plain(dist, value)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        with self._lock:
+            self._contexts.pop(_trial_key(study, trial), None)
+
+    def _rng(self, trial: FrozenTrial, name: str, fallback: bool = False) -> np.random.Generator:
+        # A fresh generator per (seed, trial number, name): the draw does not depend on which
+        # process draws or on the order of suggest calls. crc32 is stable across processes,
+        # unlike hash().
+        entropy = [self._seed, trial.number, zlib.crc32(name.encode("utf-8")), int(fallback)]
+        return np.random.default_rng(entropy)
+
+    def _context(self, study: Study, trial: FrozenTrial) -> _Context:
+        key = _trial_key(study, trial)
+        with self._lock:
+            context = self._contexts.get(key)
+        if context is not None:
+            return context
+
+        if len(study.directions) > 1:
+            raise ValueError(
+                "NeighborhoodSampler needs a single-objective study: a multi-objective study has "
+                "no single best trial; use optuna's NSGAIISampler (or TPESampler) for it, or "
+                "optimise one objective."
+            )
+
+        best = _best_trial(study)
+        if best is not None:
+            context = _Context(best.params, best.distributions, exact_start=False)
+            parent: int | str | None = best.number
+        elif self._start is not None:
+            context = _Context(self._start, None, exact_start=self._claim_start(study, trial))
+            parent = "start"
+        else:
+            context = _Context({}, None, exact_start=False)
+            parent = None
+
+        if parent is not None:
+            study._storage.set_trial_user_attr(trial._trial_id, _PARENT_ATTR, parent)
+        with self._lock:
+            while len(self._contexts) >= _MAX_CACHED_CONTEXTS:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[key] = context
+        return context
+
+    def _claim_start(self, study: Study, trial: FrozenTrial) -> bool:
+        # Only reached while no trial is complete, so this read is rare. Not atomic: two workers
+        # may both claim, which only evaluates the start point twice.
+        storage = study._storage
+        if _START_CLAIM_ATTR in storage.get_study_system_attrs(study._study_id):
+            return False
+        storage.set_study_system_attr(study._study_id, _START_CLAIM_ATTR, trial.number)
+        return True
+
+
+def _trial_key(study: Study, trial: FrozenTrial) -> tuple[int, int, int]:
+    # id(storage) keeps two in-memory studies with equal ids apart.
+    return (id(study._storage), study._study_id, trial._trial_id)
+
+
+def _best_trial(study: Study) -> FrozenTrial | None:
+    """The best COMPLETE trial, or None; never reads all trials of the study.
+
+    Study.best_trial asks the storage (in-memory: a cached id; RDB: one indexed query; journal:
+    a scan over references, no copies) and deep-copies that one trial.
+    """
+    try:
+        return study.best_trial
+    except ValueError:  # no complete (or no feasible) trial yet
+        return None
+    except AttributeError:
+        # HyperbandPruner hands samplers a bracket study that hides best_trial; the paper's
+        # best is the best of the whole study anyway.
+        try:
+            return study._storage.get_best_trial(study._study_id)
+        except ValueError:
+            return None
+
+
+def _neighbor_value(
+    rng: np.random.Generator,
+    dist: FloatDistribution | IntDistribution,
+    center: float,
+    factor: float,
+    log_scale: bool,
+) -> int | float | None:
+    """Draw in ``[center / factor, center * factor] ∩ [low, high]`` on the step grid.
+
+    Returns None when that set holds no valid value. ``center`` must be > 0.
+    """
+    lo = max(dist.low, center / factor)
+    hi = min(dist.high, center * factor)
+    step = dist.step  # None for a continuous float; 1 for a log int
+
+    if step is None:
+        if lo > hi:
+            return None
+        x = _draw(rng, lo, hi, log_scale)
+        return float(min(max(x, lo), hi))
+
+    # Grid points low + k * step inside [lo, hi]. Float grids get Optuna's 1e-8 tolerance.
+    tol = 0.0 if isinstance(dist, IntDistribution) else 1e-8
+    k_min = math.ceil((lo - dist.low) / step - tol)
+    k_max = math.floor((hi - dist.low) / step + tol)
+    if k_min > k_max:
+        return None
+    first = dist.low + k_min * step
+    last = dist.low + k_max * step
+    # Draw over half a step beyond the end points, so they get a full cell like the others
+    # (Optuna's own convention); log needs a positive lower edge.
+    edge_lo = first - step / 2
+    if log_scale and edge_lo <= 0:
+        edge_lo = first / 2
+    x = _draw(rng, edge_lo, last + step / 2, log_scale)
+    k = min(max(round((x - dist.low) / step), k_min), k_max)
+    if isinstance(dist, IntDistribution):
+        return int(dist.low + k * dist.step)
+    return float(min(max(dist.low + k * step, dist.low), dist.high))
+
+
+def _draw(rng: np.random.Generator, lo: float, hi: float, log_scale: bool) -> float:
+    if lo == hi:
+        return lo
+    if log_scale:
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return float(rng.uniform(lo, hi))
+
+
+def _exact_value(dist: BaseDistribution, value: Any) -> Any:
+    """``value`` as a valid value of ``dist``, or None when it is not one."""
+    if isinstance(dist, CategoricalDistribution):
+        try:
+            return dist.choices[int(dist.to_internal_repr(value))]
+        except ValueError:
+            return None
+    if not _is_number(value):
+        return None
+    try:
+        internal = dist.to_internal_repr(value)
+    except ValueError:
+        return None
+    if not dist._contains(internal):
+        return None
+    return _plain(dist, value)
+
+
+def _plain(dist: BaseDistribution, value: Any) -> Any:
+    # Plain Python numbers: numpy scalars leak into user code and YAML export otherwise.
+    if isinstance(dist, IntDistribution):
+        return int(round(float(value)))
+    if isinstance(dist, FloatDistribution):
+        return float(value)
+    return value
+
+
+def _compatible(
+    distributions: Mapping[str, BaseDistribution] | None, name: str, dist: BaseDistribution
+) -> bool:
+    if distributions is None:  # the centre is the start point: no distribution to compare
+        return True
+    if name not in distributions:
+        return False
+    try:
+        check_distribution_compatibility(distributions[name], dist)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _usable_center(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and value > 0
+
+
+def _fresh_seed() -> int:
+    # 128 bits of OS entropy: independent workers do not collide.
+    return int(np.random.SeedSequence().entropy)
+
+
+def _check_seed(seed: Any) -> int:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(
+            f"seed must be a non-negative integer or None, got {seed!r}; pass e.g. seed=0, "
+            "or None for a fresh seed."
+        )
+    return int(seed)
+
+
+def _check_factor(factor: Any) -> float:
+    if not _is_number(factor) or not math.isfinite(factor) or not factor > 1:
+        raise ValueError(
+            f"factor must be a finite number greater than 1, got {factor!r}; the neighbourhood "
+            "is [best / factor, best * factor] (the paper uses factor=10.0)."
+        )
+    return float(factor)
+
+
+def _check_start(start: Any) -> dict[str, Any] | None:
+    if start is None:
+        return None
+    if not isinstance(start, Mapping):
+        raise ValueError(
+            f"start must be a dict of parameter name -> value or None, got "
+            f"{type(start).__name__}: {start!r}."
+        )
+    checked: dict[str, Any] = {}
+    for name, value in start.items():
+        if not isinstance(name, str):
+            raise ValueError(f"start keys must be parameter names (str), got {name!r}.")
+        if value is None or isinstance(value, (str, bool)):
+            checked[name] = value
+        elif isinstance(value, numbers.Integral):
+            checked[name] = int(value)
+        elif isinstance(value, numbers.Real) and math.isfinite(value):
+            checked[name] = float(value)
+        else:
+            raise ValueError(
+                f"start[{name!r}] must be a finite number, a string, a bool or None, got "
+                f"{value!r}; fix that entry of start."
+            )
+    return checked or None

@@ -1,0 +1,1 @@
+"""The training core: data, synthetic data, U-Net, loss, training and inference (Keras)."""

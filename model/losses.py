@@ -1,0 +1,41 @@
+"""Soft IoU losses on softmax outputs (the paper's joint one and a per-class variant).
+
+Both take one-hot targets and softmax probabilities of shape (B, X, Y, Z, K) and drop channel 0
+(the background) as the paper does. Sums run in float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+# Keeps 0/0 finite when a batch has no foreground and predicts none (IoU -> 1, loss -> 0).
+SMOOTH = 1e-6
+LOSSES = ("joint", "per_class")
+
+
+def joint_iou_loss(y_true, y_pred):
+    """The paper's loss: 1 − Σ y·ŷ / (Σ y + Σ ŷ − Σ y·ŷ), summed over voxels, batch and foreground classes together."""
+    y_true = ops.cast(y_true[..., 1:], "float32")
+    y_pred = ops.cast(y_pred[..., 1:], "float32")
+    intersection = ops.sum(y_true * y_pred)
+    union = ops.sum(y_true) + ops.sum(y_pred) - intersection
+    return 1.0 - (intersection + SMOOTH) / (union + SMOOTH)
+
+
+def per_class_iou_loss(y_true, y_pred):
+    """1 − the mean over foreground classes of each class's soft IoU (sums over voxels and batch)."""
+    y_true = ops.cast(y_true[..., 1:], "float32")
+    y_pred = ops.cast(y_pred[..., 1:], "float32")
+    axes = tuple(range(len(y_true.shape) - 1))
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    union = ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes) - intersection
+    return 1.0 - ops.mean((intersection + SMOOTH) / (union + SMOOTH))
+
+
+def get_loss(name: str):
+    """The loss function called `name` ("joint" or "per_class")."""
+    if name == "joint":
+        return joint_iou_loss
+    if name == "per_class":
+        return per_class_iou_loss
+    raise ValueError(f"loss must be one of {LOSSES}, got {name!r}.")

@@ -1,0 +1,106 @@
+"""A trained model's folder: `model.keras`, the Table-1 `params.yaml`, and `run.json` (classes, training choices, IoU).
+
+A folder is written under a temporary name and renamed at the end, so a failed write never
+leaves half a model behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+
+from model.errors import InputError
+from model.params import Hyperparameters, dump_params, load_params
+from model.train import TrainConfig, TrainResult
+
+MODEL_FILE = "model.keras"
+PARAMS_FILE = "params.yaml"
+INFO_FILE = "run.json"
+
+
+@dataclasses.dataclass
+class Run:
+    """A loaded model with what is needed to apply it: depth, class and channel names."""
+
+    model: keras.Model
+    params: Hyperparameters
+    config: TrainConfig
+    class_names: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    info: dict
+
+
+def check_new_folder(out: str | os.PathLike) -> Path:
+    """Refuse an output folder that already holds files (nothing is overwritten)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} already exists and is not empty; choose a new --out folder or delete it.")
+    return out
+
+
+def save_run(
+    out: str | os.PathLike,
+    result: TrainResult,
+    params: Hyperparameters,
+    config: TrainConfig,
+    *,
+    class_names: tuple[str, ...],
+    channel_names: tuple[str, ...],
+    extra: dict | None = None,
+) -> Path:
+    """Write the model, its hyperparameters and its metrics to the new folder `out`."""
+    out = check_new_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result.model.save(staging / MODEL_FILE)
+        dump_params(params, staging / PARAMS_FILE, header={"validation IoU": round(result.best.iou, 6)})
+        info = {
+            "class_names": list(class_names),
+            "channel_names": list(channel_names),
+            "config": dataclasses.asdict(config),
+            "validation_iou": result.best.iou,
+            "best_step": result.best.step,
+            "final_validation_iou": result.final.iou,
+            "per_class_iou": dict(zip(class_names, result.best.per_class)),
+            "per_case_iou": result.best.per_case,
+            "history": [{"step": e.step, "loss": e.loss, "iou": e.iou} for e in result.history],
+            "train_seconds": result.seconds,
+            **(extra or {}),
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Load a model folder written by `save_run` (Keras safe mode: no arbitrary code runs)."""
+    path = Path(path)
+    for name in (MODEL_FILE, PARAMS_FILE, INFO_FILE):
+        if not (path / name).is_file():
+            raise InputError(f"{path} is not a model folder (no {name}); give the --out folder of 'hpsearch train'.")
+    try:
+        info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
+        config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
+        model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise InputError(f"{path} holds a damaged model ({error}); train it again.") from None
+    return Run(
+        model=model,
+        params=load_params(path / PARAMS_FILE),
+        config=config,
+        class_names=tuple(info["class_names"]),
+        channel_names=tuple(info["channel_names"]),
+        info=info,
+    )

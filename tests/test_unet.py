@@ -1,0 +1,120 @@
+"""The network's blocks and shapes, the IoU losses against hand-computed values, IoU metrics, inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from keras import ops
+
+from model.inference import predict_labels, predict_probabilities
+from model.losses import joint_iou_loss, per_class_iou_loss
+from model.metrics import iou_counts, iou_from_counts, mean_foreground_iou
+from model.unet import build_unet
+
+
+def conv_kernels(model, prefix):
+    return {layer.name: tuple(layer.kernel_size) for layer in model.layers if layer.name.startswith(prefix) and "_conv_" in layer.name}
+
+
+def test_factorized_block_uses_the_papers_plane_kernels():
+    model = build_unet(channels=4, depth=2)
+    assert conv_kernels(model, "enc1") == {
+        "enc1_conv_xy": (3, 3, 1),
+        "enc1_conv_xz": (3, 1, 3),
+        "enc1_conv_yz": (1, 3, 3),
+        "enc1_conv_xy2": (3, 3, 1),
+    }
+    filters = {layer.name: layer.filters for layer in model.layers if layer.name.endswith("_conv_xy")}
+    assert filters == {"enc1_conv_xy": 4, "enc2_conv_xy": 8, "bottom_conv_xy": 16, "dec2_conv_xy": 8, "dec1_conv_xy": 4}
+    up = model.get_layer("dec1_up")
+    assert tuple(up.kernel_size) == (1, 1, 1) and tuple(up.strides) == (2, 2, 2)
+    assert not any("batch_norm" in layer.name for layer in model.layers)
+
+
+def test_full_block_and_its_parameter_count():
+    factorized = build_unet(channels=4, depth=2)
+    full = build_unet(channels=4, depth=2, block="full")
+    assert set(conv_kernels(full, "enc1").values()) == {(3, 3, 3)}
+    # Four 3-tap plane kernels have 4·9 weights per channel pair against 4·27 for 3×3×3.
+    assert full.get_layer("enc2_conv_full2").kernel.shape == (3, 3, 3, 8, 8)
+    assert factorized.count_params() < full.count_params()
+
+
+def test_dropout_rate_and_l2_follow_the_arguments():
+    model = build_unet(channels=2, depth=1, keep_prob=0.85, l2=3e-4)
+    rates = [layer.rate for layer in model.layers if layer.__class__.__name__ == "Dropout"]
+    assert len(rates) == 4 * 3 and rates == pytest.approx([0.15] * 12)  # 3 blocks of 4 convolutions
+    assert float(model.get_layer("enc1_conv_xy").kernel_regularizer.l2) == pytest.approx(3e-4)
+    assert build_unet(channels=2, depth=1, keep_prob=1.0).count_params() == model.count_params()
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (24, 8, 32)])
+def test_network_output_shape_and_softmax(shape):
+    model = build_unet(in_channels=2, num_classes=3, channels=3, depth=3)
+    x = np.random.default_rng(0).normal(size=(2, *shape, 2)).astype(np.float32)
+    y = ops.convert_to_numpy(model(x, training=False))
+    assert y.shape == (2, *shape, 3)
+    np.testing.assert_allclose(y.sum(axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(17, 13, 11), (9, 31, 5), (8, 8, 8)])
+def test_whole_volume_inference_of_any_size(shape):
+    model = build_unet(num_classes=3, channels=2, depth=3)
+    image = np.random.default_rng(1).normal(size=(*shape, 1)).astype(np.float32)
+    probabilities = predict_probabilities(model, image, depth=3)
+    assert probabilities.shape == (*shape, 3)
+    labels = predict_labels(model, image, depth=3)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    # Dropout is off: inference is deterministic.
+    np.testing.assert_array_equal(probabilities, predict_probabilities(model, image, depth=3))
+
+
+def test_build_unet_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="block"):
+        build_unet(block="diagonal")
+    with pytest.raises(ValueError, match="keep_prob"):
+        build_unet(keep_prob=0.0)
+
+
+# ---- losses, by hand
+
+Y = np.zeros((1, 2, 1, 1, 3), np.float32)  # two voxels, classes background/A/B
+Y[0, 0, 0, 0, 1] = 1  # voxel 0 is class A
+Y[0, 1, 0, 0, 2] = 1  # voxel 1 is class B
+P = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], np.float32).reshape(1, 2, 1, 1, 3)
+
+
+def test_joint_loss_against_a_hand_computed_value():
+    # Foreground only: I = 0.7 + 0.6 = 1.3; Σy = 2; Σŷ = 0.7+0.1+0.3+0.6 = 1.7; U = 2 + 1.7 − 1.3 = 2.4.
+    expected = 1 - 1.3 / 2.4
+    assert float(joint_iou_loss(Y, P)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_per_class_loss_against_a_hand_computed_value():
+    # A: I = 0.7, U = 1 + 1.0 − 0.7 = 1.3.  B: I = 0.6, U = 1 + 0.7 − 0.6 = 1.1.
+    expected = 1 - (0.7 / 1.3 + 0.6 / 1.1) / 2
+    assert float(per_class_iou_loss(Y, P)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_losses_are_zero_for_a_perfect_prediction_and_finite_when_empty():
+    assert float(joint_iou_loss(Y, Y)) == pytest.approx(0.0, abs=1e-6)
+    assert float(per_class_iou_loss(Y, Y)) == pytest.approx(0.0, abs=1e-6)
+    background = np.zeros_like(Y)
+    background[..., 0] = 1
+    assert float(joint_iou_loss(background, background)) == pytest.approx(0.0, abs=1e-6)
+    assert np.isfinite(float(per_class_iou_loss(background, P)))
+
+
+# ---- hard IoU
+
+
+def test_iou_counts_per_class_and_empty_classes():
+    label = np.array([0, 0, 1, 1, 1, 0])
+    prediction = np.array([0, 1, 1, 1, 0, 0])
+    counts = iou_counts(label, prediction, num_classes=3)
+    # class 1: I = 2, U = 4; class 2 absent from both: 1.0 by convention; background: I = 2, U = 4.
+    np.testing.assert_array_equal(counts, [[2, 4], [2, 4], [0, 0]])
+    np.testing.assert_allclose(iou_from_counts(counts), [0.5, 0.5, 1.0])
+    assert mean_foreground_iou(counts) == pytest.approx(0.75)
+    # A class predicted but absent from the label scores 0.
+    assert iou_from_counts(iou_counts(np.zeros(4, int), np.array([0, 2, 2, 0]), 3))[2] == 0.0
