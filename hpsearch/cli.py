@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     check_new_folder(out)  # before the hours of training, not after
     from model.data import load_dataset, load_train_data, split_cases
-    from model.train import TrainConfig
+    from model.config import TrainConfig
 
     config = TrainConfig(
         steps=args.steps,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from keras import ops
 
+from model.config import LOSSES
+
 # Keeps 0/0 finite when a batch has no foreground and predicts none (IoU -> 1, loss -> 0).
 SMOOTH = 1e-6
-LOSSES = ("joint", "per_class")
 
 
 def joint_iou_loss(y_true, y_pred):

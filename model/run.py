@@ -17,7 +17,8 @@ import keras
 
 from model.errors import InputError
 from model.params import Hyperparameters, dump_params, load_params
-from model.train import TrainConfig, TrainResult
+from model.config import TrainConfig
+from model.train import TrainResult
 
 MODEL_FILE = "model.keras"
 PARAMS_FILE = "params.yaml"

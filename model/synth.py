@@ -24,8 +24,8 @@ import json
 import math
 import os
 import pathlib
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 
 import nibabel as nib
@@ -421,6 +421,18 @@ def _nifti(data: np.ndarray, spacing: tuple[float, float, float], dtype) -> nib.
     return img
 
 
+def _make_temp_dir(parent: pathlib.Path, name: str) -> pathlib.Path:
+    """A new hidden sibling ``parent/.NAME.tmp-xxxxxxxx`` (honours the umask, unlike mkdtemp)."""
+    for _ in range(100):
+        tmp = parent / f".{name}.tmp-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary folder name next to {parent / name}")
+
+
 def write_dataset(
     out: str | os.PathLike,
     *,
@@ -474,7 +486,7 @@ def write_dataset(
             if missing:
                 parent.mkdir(parents=True)
                 created_top = missing[-1]
-            tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=parent))
+            tmp = _make_temp_dir(parent, root.name)
         except OSError as e:
             raise InputError(
                 f"cannot create a folder in {parent} ({e.strerror or e}); choose a writable location"

@@ -10,10 +10,11 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from model.config import BLOCKS
+
 # The factorized block: four 2D convolutions, one per orthogonal plane, the first plane again last.
 FACTORIZED_KERNELS = {"xy": (3, 3, 1), "xz": (3, 1, 3), "yz": (1, 3, 3), "xy2": (3, 3, 1)}
 FULL_KERNELS = {"full1": (3, 3, 3), "full2": (3, 3, 3), "full3": (3, 3, 3), "full4": (3, 3, 3)}
-BLOCKS = ("factorized", "full")
 
 
 def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str):
