@@ -36,11 +36,14 @@ def training_bar(steps: int) -> Iterator[tuple[Callable[[int, float], None], Cal
         task = progress.add_task("training", total=steps, loss=state["loss"], iou=state["iou"])
 
         def on_step(step: int, loss: float) -> None:
+            state["loss"] = loss
             progress.update(task, completed=step, loss=loss)
 
         def on_eval(step: int, iou: float) -> None:
             state["best"] = iou if state["best"] is None else max(state["best"], iou)
             progress.update(task, iou=f"{iou:.4f} (best {state['best']:.4f})")
+            # A line per evaluation also reaches logs, where the live bar is not drawn.
+            progress.console.print(f"step {step}/{steps}: loss {state['loss']:.4f}, validation IoU {iou:.4f}")
 
         yield on_step, on_eval
 

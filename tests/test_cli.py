@@ -1,0 +1,108 @@
+"""The commands of the training core, run as a user runs them: synth, train, segment, evaluate, and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from hpsearch.cli import main
+
+TINY_TRAIN = ["--steps", "12", "--eval-every", "6", "--patch", "16x16x8", "--depth", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, synth_dataset):
+    """A model trained for a few steps through `hpsearch train` (channels 4 from a params file)."""
+    folder = tmp_path_factory.mktemp("run")
+    params = folder / "params.yaml"
+    params.write_text("hyperparameters:\n  channels in first conv layer: 4\n  learning rate: 3.0e-3\n")
+    out = folder / "model"
+    assert main(["train", "--data", str(synth_dataset), "--params", str(params), "--out", str(out), *TINY_TRAIN]) == 0
+    return out
+
+
+def test_train_writes_the_model_and_its_hyperparameters(tiny_run, capsys):
+    assert sorted(p.name for p in tiny_run.iterdir()) == ["model.keras", "params.yaml", "run.json"]
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["class_names"] == ["background", "left ventricle"]
+    assert [h["step"] for h in info["history"]] == [6, 12]
+    assert 0.0 <= info["validation_iou"] <= 1.0
+    text = (tiny_run / "params.yaml").read_text()
+    assert "channels in first conv layer: 4" in text and "learning rate: 0.003" in text
+    assert "dropout keep probability: 0.85" in text  # Table 1 default kept
+
+
+def test_segment_keeps_the_affine_and_header_geometry(tiny_run, synth_dataset, tmp_path, capsys):
+    source = synth_dataset / "imagesTr" / "case_000.nii.gz"
+    target = tmp_path / "mask.nii.gz"
+    assert main(["segment", "--model", str(tiny_run), str(source), str(target)]) == 0
+    image, mask = nib.load(source), nib.load(target)
+    np.testing.assert_array_equal(mask.affine, image.affine)
+    assert mask.shape == image.shape and mask.header.get_zooms() == image.header.get_zooms()
+    assert mask.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}
+    # A folder of files, into a folder; an existing output is never overwritten.
+    assert main(["segment", "--model", str(tiny_run), str(synth_dataset / "imagesTr"), str(tmp_path / "masks")]) == 0
+    assert len(list((tmp_path / "masks").glob("*.nii.gz"))) == 8
+    assert main(["segment", "--model", str(tiny_run), str(source), str(target)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_evaluate_prints_iou_per_case_and_class(tiny_run, synth_dataset, capsys):
+    assert main(["evaluate", "--model", str(tiny_run), "--data", str(synth_dataset), "--split", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "case_007" in out and "left ventricle" in out and "mean foreground IoU" in out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpsearch.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_segment_of_a_non_nifti_file_is_one_sentence_and_exit_2(tiny_run, tmp_path):
+    bogus = tmp_path / "scan.nii.gz"
+    bogus.write_text("this is not an image")
+    result = run_cli("segment", "--model", str(tiny_run), str(bogus), str(tmp_path / "out.nii.gz"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("hpsearch: error:")]
+    assert len(errors) == 1 and "scan.nii.gz is not a readable NIfTI file" in errors[0]
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "params_text, message",
+    [
+        ("learning rat: 1.0e-3\n", "unknown hyperparameter 'learning rat'"),
+        ("beta1: 1.5\n", "'beta1' is out of range: 1.5"),
+        ("channels in first conv layer: 2.5\n", "must be a whole number"),
+        ("[unclosed\n", "is not valid YAML"),
+    ],
+)
+def test_bad_params_file_is_refused_before_training(params_text, message, synth_dataset, tmp_path, capsys):
+    params = tmp_path / "bad.yaml"
+    params.write_text(params_text)
+    code = main(["train", "--data", str(synth_dataset), "--params", str(params), "--out", str(tmp_path / "m"), *TINY_TRAIN])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_refuses_an_existing_output_and_a_missing_dataset(tiny_run, synth_dataset, tmp_path, capsys):
+    assert main(["train", "--data", str(synth_dataset), "--out", str(tiny_run), *TINY_TRAIN]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m"), *TINY_TRAIN]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_data_synth_writes_a_dataset_and_refuses_a_used_folder(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["data", "synth", str(out), "--cases", "2", "--shape", "32x32x10", "--myocardium"]) == 0
+    description = json.loads((out / "dataset.json").read_text())
+    assert description["labels"] == {"0": "background", "1": "left ventricle", "2": "myocardium"}
+    assert main(["data", "synth", str(out), "--cases", "2"]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
