@@ -12,6 +12,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+pytest_plugins = ["pg"]
+
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """Save `data` as NIfTI (the affine defaults to 1.5 × 1.5 × 8 mm voxels)."""

@@ -1,0 +1,529 @@
+"""Study definitions: read a study YAML file, check every value, and build its Optuna objects.
+
+Kept free of Keras and TensorFlow (model.config and model.params are too), so the launcher can
+read and check a study without loading TensorFlow.
+
+A study file names the Optuna study, the dataset, how each trial trains, how many trials to run,
+the sampler and pruner, the start point (Table 1) and the search space, under the paper's names.
+Every mistake is one UsageError sentence that names the file, the key or value, and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import inspect
+import math
+import os
+import warnings
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+
+from model.config import TrainConfig
+from model.errors import InputError
+from model.params import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters
+from hpsearch._sampler import NeighborhoodSampler
+from hpsearch.errors import UsageError
+
+CHANNELS = TABLE1_NAMES["channels"]
+
+# Sampler / pruner names -> optuna class names ("neighborhood" is ours).
+SAMPLERS = {
+    "neighborhood": "NeighborhoodSampler",
+    "random": "RandomSampler",
+    "tpe": "TPESampler",
+    "cmaes": "CmaEsSampler",
+    "qmc": "QMCSampler",
+    "gp": "GPSampler",
+    "nsgaii": "NSGAIISampler",
+}
+# Optuna imports these lazily at the first trial; check at load so a worker does not fail later.
+_SAMPLER_NEEDS = {"cmaes": ("cmaes",), "qmc": ("scipy",), "gp": ("torch", "scipy")}
+PRUNERS = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "threshold": "ThresholdPruner",
+}
+
+_TOP_KEYS = ("study", "data", "training", "trials", "seed", "deterministic", "sampler", "pruner", "start", "search_space")
+_DATA_KEYS = ("path", "synth", "split")
+_SYNTH_DEFAULTS = {"cases": 20, "shape": (192, 192, 12), "seed": 0, "myocardium": False}  # `hpsearch data synth`'s
+_SYNTH_SIZE = (8, 1024)  # the sizes model.synth.write_dataset accepts
+_SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}  # model.data.split_cases's
+# YAML key -> TrainConfig field; seed and deterministic come per trial from the study.
+_TRAINING_FIELDS = {
+    "steps": "steps",
+    "eval_every": "eval_every",
+    "patch": "patch_shape",
+    "batch": "batch_size",
+    "depth": "depth",
+    "block": "block",
+    "loss": "loss",
+    "clip": "clip",
+    "foreground_share": "foreground_share",
+}
+_TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_SPACE_KEYS = ("low", "high", "log", "step")
+# Probabilities and betas live in [0, 1]: searched linearly unless the file says otherwise; the
+# rest span orders of magnitude, so log scale by default.
+_LINEAR_BY_DEFAULT = (TABLE1_NAMES["keep_prob"], TABLE1_NAMES["beta1"], TABLE1_NAMES["beta2"])
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """A checked study definition. Build it with `load_study` or `StudyConfig.from_dict`.
+
+    `training` holds TrainConfig keyword arguments (all but seed and deterministic); `synth`
+    holds model.synth.write_dataset keyword arguments or None; `start` holds all seven Table 1
+    values; `search_space` holds only the searched ones (the rest stay at their start value).
+    """
+
+    name: str
+    source: Path | None
+    data_path: Path
+    synth: dict | None
+    split: dict
+    training: dict
+    trials: int
+    seed: int | None
+    deterministic: bool
+    sampler: dict
+    pruner: dict | None
+    start: dict
+    search_space: dict
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """The Optuna distributions of the searched hyperparameters, under the paper's names."""
+        result: dict[str, BaseDistribution] = {}
+        for name, space in self.search_space.items():
+            if name == CHANNELS:
+                step = 1 if space["step"] is None else space["step"]
+                result[name] = IntDistribution(space["low"], space["high"], log=space["log"], step=step)
+            else:
+                result[name] = FloatDistribution(space["low"], space["high"], log=space["log"], step=space["step"])
+        return result
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded with the study seed (NeighborhoodSampler starts at `start`)."""
+        return _build_sampler(self.sampler, self.seed, self._searched_start(), "the study")
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        """The study's pruner; NopPruner when there is none."""
+        return _build_pruner(self.pruner or {"name": "none"}, "the study")
+
+    def train_config(self, trial_number: int) -> TrainConfig:
+        """How trial `trial_number` trains: its seed is the study seed plus the trial number."""
+        seed = None if self.seed is None else self.seed + trial_number
+        return TrainConfig(**self.training, seed=seed, deterministic=self.deterministic)
+
+    def hyperparameters(self, params: Mapping[str, Any]) -> Hyperparameters:
+        """A trial's hyperparameters: `params` (Table 1 names, e.g. trial.params) over the start values."""
+        return Hyperparameters.from_table1({**self.start, **params}, source=f"study {self.name!r}")
+
+    def to_dict(self) -> dict:
+        """The JSON-safe study-file form with every default filled in (paths absolute)."""
+        synth = None
+        if self.synth is not None:
+            synth = {**self.synth, "shape": _format_shape(self.synth["shape"])}
+        training = {key: self.training[field] for key, field in _TRAINING_FIELDS.items()}
+        training["patch"] = _format_shape(training["patch"])
+        return copy.deepcopy({
+            "study": self.name,
+            "source": None if self.source is None else str(self.source),
+            "data": {"path": str(self.data_path), "synth": synth, "split": self.split},
+            "training": training,
+            "trials": self.trials,
+            "seed": self.seed,
+            "deterministic": self.deterministic,
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "start": self.start,
+            "search_space": self.search_space,
+        })
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, check_data: bool = True) -> StudyConfig:
+        """Check and rebuild a study from `to_dict`'s form (or a parsed study file).
+
+        `check_data=False` skips the dataset-folder check, for machines that only read the study.
+        """
+        if not isinstance(d, Mapping):
+            raise UsageError(f"a study definition must be a mapping, got {type(d).__name__}.")
+        document = dict(d)
+        source = document.pop("source", None)
+        if source is not None and not isinstance(source, str):
+            raise UsageError(f"the study definition's 'source' must be a path string, got {source!r}.")
+        where = "the stored study definition" + (f" (from {source!r})" if source else "")
+        source_path = None if source is None else Path(source)
+        base = source_path.parent if source_path is not None else Path.cwd()
+        return _parse(copy.deepcopy(document), _Checker(where), source_path, base, check_data)
+
+    def _searched_start(self) -> dict[str, float | int]:
+        return {name: self.start[name] for name in self.search_space}
+
+
+def load_study(path: str | os.PathLike) -> StudyConfig:
+    """Read and check a study YAML file; relative data paths resolve against the file's folder."""
+    source = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    where = f"study file {os.fspath(path)!r}"
+    try:
+        with open(source, encoding="utf-8") as file:
+            document = yaml.load(file, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except FileNotFoundError:
+        raise UsageError(
+            f"{where} does not exist; give the path of a study YAML file such as studies/quickstart.yaml."
+        ) from None
+    except IsADirectoryError:
+        raise UsageError(f"{where} is a folder; give the path of a study YAML file inside it.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{where} cannot be read ({error}); check its permissions and encoding.") from None
+    except yaml.YAMLError as error:
+        detail = " ".join(str(error).split())
+        raise UsageError(f"{where} is not valid YAML ({detail}); fix the syntax at that line.") from None
+    if not isinstance(document, dict):
+        raise UsageError(
+            f"{where} must hold a mapping of study keys ({', '.join(_TOP_KEYS)}), got {type(document).__name__}."
+        )
+    return _parse(document, _Checker(where), source, source.parent, check_data=True)
+
+
+# ---------------------------------------------------------------- checking
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (plain PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} appears twice; keep one", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Checker:
+    """Type checks that raise UsageError sentences prefixed with where the study came from."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, message: str) -> UsageError:
+        return UsageError(f"{self.where}: {message}")
+
+    def mapping(self, value: Any, place: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(f"{place} must be a mapping with keys {', '.join(allowed)}, got {value!r}.")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"unknown key {key!r} in {place}; allowed keys: {', '.join(allowed)}.")
+        for key in required:
+            if key not in value:
+                raise self.fail(f"{place} lacks the required key {key!r}; add it.")
+        return value
+
+    def integer(self, value: Any, place: str, minimum: int | None = None) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{place} must be a whole number, got {value!r}.")
+        if minimum is not None and value < minimum:
+            raise self.fail(f"{place} must be at least {minimum}, got {value}.")
+        return value
+
+    def number(self, value: Any, place: str) -> float:
+        # YAML 1.1 reads "1e-6" (no dot) as a string; accept it like model.params does.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(f"{place} must be a finite number, got {value!r}.")
+        return float(value)
+
+    def boolean(self, value: Any, place: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(f"{place} must be true or false, got {value!r}.")
+        return value
+
+    def string(self, value: Any, place: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(f"{place} must be a non-empty string, got {value!r}.")
+        return value
+
+    def shape(self, value: Any, place: str) -> tuple[int, int, int]:
+        """A shape written "64x64x16" (or a list of three whole numbers) as a tuple."""
+        shape: tuple[int, ...] = ()
+        if isinstance(value, str) and all(p.strip().isdigit() for p in value.lower().split("x")):
+            shape = tuple(int(p) for p in value.lower().split("x"))
+        elif isinstance(value, list) and all(type(p) is int for p in value):
+            shape = tuple(value)
+        if len(shape) != 3 or min(shape) < 1:
+            raise self.fail(f"{place} {value!r} is not a shape; write three sizes like 64x64x16.")
+        return shape  # type: ignore[return-value]
+
+
+def _parse(document: dict, check: _Checker, source: Path | None, base: Path, check_data: bool) -> StudyConfig:
+    """Check a parsed study document and build the StudyConfig."""
+    check.mapping(document, "the top level", _TOP_KEYS, required=("study", "data", "training", "trials", "search_space"))
+    name = check.string(document["study"], "study")
+    data = check.mapping(document["data"], "data", _DATA_KEYS, required=("path",))
+    data_path = Path(os.path.normpath(base / Path(check.string(data["path"], "data.path")).expanduser()))
+    synth = _parse_synth(check, data.get("synth"))
+    split = _parse_split(check, data.get("split"))
+    if check_data:
+        _check_data_path(check, data_path, synth)
+    training = _parse_training(check, document["training"])
+    trials = check.integer(document["trials"], "trials", minimum=1)
+    seed = document.get("seed")
+    if seed is not None:
+        seed = check.integer(seed, "seed", minimum=0)
+    deterministic = check.boolean(document.get("deterministic", False), "deterministic")
+    start = _parse_start(check, document.get("start"))
+    search_space = _parse_search_space(check, document["search_space"], start)
+    sampler = _parse_component(check, document.get("sampler"), "sampler", SAMPLERS)
+    pruner = _parse_component(check, document.get("pruner"), "pruner", PRUNERS)
+    if sampler is None:
+        sampler = {"name": "neighborhood"}
+    if pruner is not None and pruner["name"] == "none":
+        pruner = None  # NopPruner takes no options, so _parse_component refused any
+    # Build them once now, so bad option values fail at load rather than in a worker.
+    _build_sampler(sampler, seed, {n: start[n] for n in search_space}, check.where)
+    if pruner is not None:
+        _build_pruner(pruner, check.where)
+    return StudyConfig(
+        name=name, source=source, data_path=data_path, synth=synth, split=split, training=training,
+        trials=trials, seed=seed, deterministic=deterministic, sampler=sampler, pruner=pruner,
+        start=start, search_space=search_space,
+    )
+
+
+def _parse_synth(check: _Checker, value: Any) -> dict | None:
+    if value is None:
+        return None
+    check.mapping(value, "data.synth", tuple(_SYNTH_DEFAULTS))
+    synth = {**_SYNTH_DEFAULTS, **value}
+    synth["cases"] = check.integer(synth["cases"], "data.synth.cases", minimum=1)
+    synth["shape"] = check.shape(synth["shape"], "data.synth.shape")
+    low, high = _SYNTH_SIZE
+    if not all(low <= s <= high for s in synth["shape"]):
+        raise check.fail(f"data.synth.shape {_format_shape(synth['shape'])} needs every size in [{low}, {high}].")
+    synth["seed"] = check.integer(synth["seed"], "data.synth.seed", minimum=0)
+    synth["myocardium"] = check.boolean(synth["myocardium"], "data.synth.myocardium")
+    return synth
+
+
+def _parse_split(check: _Checker, value: Any) -> dict:
+    split = {**_SPLIT_DEFAULTS, **check.mapping({} if value is None else value, "data.split", tuple(_SPLIT_DEFAULTS))}
+    split["seed"] = check.integer(split["seed"], "data.split.seed", minimum=0)
+    for key in ("val_fraction", "test_fraction"):
+        split[key] = check.number(split[key], f"data.split.{key}")
+        if not 0.0 <= split[key] < 1.0:
+            raise check.fail(f"data.split.{key} must be in [0, 1), got {split[key]}.")
+    if split["val_fraction"] + split["test_fraction"] >= 1.0:
+        raise check.fail(
+            f"data.split.val_fraction + test_fraction is {split['val_fraction'] + split['test_fraction']}, "
+            "which leaves no training cases; make the sum below 1."
+        )
+    return split
+
+
+def _check_data_path(check: _Checker, data_path: Path, synth: dict | None) -> None:
+    if data_path.exists() and not data_path.is_dir():
+        raise check.fail(f"data.path {str(data_path)!r} is a file, not a dataset folder; point it at a folder.")
+    if synth is None and not data_path.exists():
+        raise check.fail(
+            f"dataset folder {str(data_path)!r} does not exist; create it with "
+            f"'hpsearch data synth {data_path}' or add a data.synth section."
+        )
+
+
+def _parse_training(check: _Checker, value: Any) -> dict:
+    check.mapping(value, "training", tuple(_TRAINING_FIELDS), required=("steps",))
+    training = {field: _TRAINING_DEFAULTS[field] for field in _TRAINING_FIELDS.values()}
+    for key, raw in value.items():
+        place = f"training.{key}"
+        if key == "patch":
+            converted: Any = check.shape(raw, place)
+        elif key == "foreground_share":
+            converted = check.number(raw, place)
+            if not 0.0 <= converted <= 1.0:
+                raise check.fail(f"{place} is a share of training blocks, so it must be in [0, 1]; got {converted}.")
+        elif key in ("block", "loss", "clip"):
+            converted = check.string(raw, place)
+        else:
+            converted = check.integer(raw, place)
+        training[_TRAINING_FIELDS[key]] = converted
+    try:
+        TrainConfig(**training)  # its own checks: counts >= 1, patch multiple of 2**depth, choices
+    except InputError as error:
+        raise check.fail(f"training: {error}") from None
+    return training
+
+
+def _parse_start(check: _Checker, value: Any) -> dict[str, float | int]:
+    values = check.mapping({} if value is None else value, "start", tuple(FIELDS_BY_NAME))
+    try:
+        params = Hyperparameters.from_table1(values, source="start")
+    except InputError as error:
+        raise check.fail(f"{str(error).rstrip('.')}; fix that start value, or drop it to start at Table 1's.") from None
+    return _normalise(params.as_table1())
+
+
+def _normalise(values: Mapping[str, Any]) -> dict[str, float | int]:
+    # Plain floats everywhere but channels, so to_dict/from_dict give back equal values.
+    return {name: int(v) if name == CHANNELS else float(v) for name, v in values.items()}
+
+
+def _parse_search_space(check: _Checker, value: Any, start: dict[str, float | int]) -> dict[str, dict]:
+    check.mapping(value, "search_space", tuple(FIELDS_BY_NAME))
+    if not value:
+        raise check.fail("search_space is empty; give bounds for at least one Table 1 hyperparameter, "
+                         "e.g. 'learning rate: {low: 1.0e-6, high: 1.0e-2}'.")
+    space = {}
+    for name in FIELDS_BY_NAME:  # the paper's order
+        if name in value:
+            space[name] = _parse_bounds(check, name, value[name], start[name])
+    return space
+
+
+def _parse_bounds(check: _Checker, name: str, value: Any, start_value: float | int) -> dict:
+    place = f"search_space {name!r}"
+    check.mapping(value, place, _SPACE_KEYS, required=("low", "high"))
+    integer = name == CHANNELS
+    bounds = {}
+    for key in ("low", "high"):
+        number = check.number(value[key], f"{place} {key}")
+        if integer:
+            number = check.integer(number, f"{place} {key}")
+        try:  # the valid range of the hyperparameter, from model.params
+            Hyperparameters(**{FIELDS_BY_NAME[name]: number})
+        except InputError as error:
+            raise check.fail(
+                f"{place} has {key} {number!r} outside the valid values ({str(error).rstrip('.')}); move the bound."
+            ) from None
+        bounds[key] = number
+    low, high = bounds["low"], bounds["high"]
+    if low > high:
+        raise check.fail(f"{place} has low {low!r} above high {high!r}; swap them (equal bounds fix the value).")
+    log = check.boolean(value.get("log", name not in _LINEAR_BY_DEFAULT), f"{place} log")
+    if log and low <= 0:
+        raise check.fail(f"{place} has log: true with low {low!r}; a log scale needs low > 0, so raise low or set log: false.")
+    step = value.get("step")
+    if step is not None:
+        step = check.integer(step, f"{place} step", minimum=1) if integer else check.number(step, f"{place} step")
+        if log:
+            raise check.fail(f"{place} has both step {step!r} and log: true, which Optuna does not allow; "
+                             "drop step or set log: false.")
+        if step <= 0:
+            raise check.fail(f"{place} step must be above 0, got {step!r}.")
+        if not _on_grid(high, low, step):
+            raise check.fail(f"{place}: high - low ({high} - {low}) must be a multiple of step {step!r}; change high or step.")
+    if not low <= start_value <= high:
+        raise check.fail(
+            f"the start value {start_value!r} of {name!r} is outside its search space [{low!r}, {high!r}]; "
+            "move the start value or widen the bounds."
+        )
+    if step is not None and not _on_grid(start_value, low, step):
+        raise check.fail(f"the start value {start_value!r} of {name!r} is not on the grid low + k * step "
+                         f"(low {low!r}, step {step!r}); move the start value onto it.")
+    return {"low": low, "high": high, "log": log, "step": step}
+
+
+def _on_grid(value: float, low: float, step: float) -> bool:
+    k = (value - low) / step
+    return abs(k - round(k)) <= 1e-8  # Optuna's own tolerance for float grids
+
+
+def _parse_component(check: _Checker, value: Any, kind: str, known: dict[str, str]) -> dict | None:
+    """A sampler or pruner section: {name, **options}; options are checked against the class."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or "name" not in value:
+        raise check.fail(f"{kind} must be a mapping with a 'name' ({', '.join(known)}), got {value!r}.")
+    name = value["name"]
+    if name not in known:
+        raise check.fail(f"{kind} name {name!r} is unknown; choose one of {', '.join(known)}.")
+    options = {key: v for key, v in value.items() if key != "name"}
+    parameters = inspect.signature(_class(kind, name)).parameters
+    # The study's seed seeds the sampler, and `start` is the start section: not options.
+    settable = [p for p, spec in parameters.items()
+                if p not in ("seed", "start") and spec.kind not in (spec.VAR_POSITIONAL, spec.VAR_KEYWORD)]
+    for key, option in options.items():
+        if key in ("seed", "start") and key in parameters:
+            raise check.fail(f"{kind} option {key!r} is set by the study's top-level {key!r} key; move it there.")
+        if key not in settable:
+            if not settable:
+                raise check.fail(f"{kind} {name!r} takes no options; remove {key!r}.")
+            raise check.fail(f"unknown option {key!r} for {kind} {name!r}; its options are: {', '.join(settable)}.")
+        if not _json_safe(option):
+            raise check.fail(f"{kind} option {key!r} must be a number, string, boolean, list or mapping, got {option!r}.")
+    for p in settable:
+        if parameters[p].default is inspect.Parameter.empty and p not in options:
+            raise check.fail(f"{kind} {name!r} needs the option {p!r}; add it to the {kind} section.")
+    return {"name": name, **options}
+
+
+def _json_safe(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_json_safe(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_safe(v) for k, v in value.items())
+    return False
+
+
+def _class(kind: str, name: str) -> type:
+    if kind == "sampler":
+        return NeighborhoodSampler if name == "neighborhood" else getattr(optuna.samplers, SAMPLERS[name])
+    return getattr(optuna.pruners, PRUNERS[name])
+
+
+def _build_sampler(spec: dict, seed: int | None, start: dict, where: str) -> optuna.samplers.BaseSampler:
+    name = spec["name"]
+    missing = [m for m in _SAMPLER_NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"{where}: sampler {name!r} needs the Python package(s) {', '.join(missing)}; "
+                         f"install them (pip install {' '.join(missing)}) or choose another sampler.")
+    cls = _class("sampler", name)
+    options = {key: copy.deepcopy(v) for key, v in spec.items() if key != "name"}
+    if name == "neighborhood":
+        options["start"] = start
+    if "seed" in inspect.signature(cls).parameters:
+        options["seed"] = seed
+    return _construct(cls, options, f"{where}: sampler {name!r}")
+
+
+def _build_pruner(spec: dict, where: str) -> optuna.pruners.BasePruner:
+    options = {key: copy.deepcopy(v) for key, v in spec.items() if key != "name"}
+    return _construct(_class("pruner", spec["name"]), options, f"{where}: pruner {spec['name']!r}")
+
+
+def _construct(cls: type, options: dict, what: str) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning of GPSampler, QMCSampler ...
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"{what} refused its options ({str(error).rstrip('.')}); fix them in the study file.") from None
+
+
+def _format_shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "x".join(str(s) for s in shape)

@@ -1,0 +1,450 @@
+"""Tests for hpsearch.config: study files, their checks, and the Optuna objects they build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from hpsearch import config as config_module
+from hpsearch._sampler import NeighborhoodSampler
+from hpsearch.config import StudyConfig, load_study
+from hpsearch.errors import UsageError
+from model.config import TrainConfig
+from model.params import Hyperparameters
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ROOT / "studies"
+LR = "learning rate"
+CHANNELS = "channels in first conv layer"
+KEEP = "dropout keep probability"
+DELETE = object()
+
+
+def base_doc() -> dict:
+    """A small valid study (synthetic data, so no dataset folder needs to exist)."""
+    return {
+        "study": "t",
+        "data": {"path": "data", "synth": {"cases": 4, "shape": "32x32x16"}},
+        "training": {"steps": 10, "eval_every": 5, "patch": "16x16x8"},
+        "trials": 3,
+        "seed": 7,
+        "search_space": {
+            LR: {"low": 1.0e-6, "high": 1.0e-2},
+            CHANNELS: {"low": 4, "high": 64},
+        },
+    }
+
+
+def edited(changes: dict) -> dict:
+    """base_doc() with 'a.b.c' -> value changes (DELETE removes the key)."""
+    doc = base_doc()
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = doc
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return doc
+
+
+def write(tmp_path: Path, doc: dict, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def load(tmp_path: Path, **changes) -> StudyConfig:
+    return load_study(write(tmp_path, edited(changes)))
+
+
+# ---------------------------------------------------------------- the shipped studies
+
+
+def test_paper_study_is_table1_and_the_papers_training():
+    config = load_study(STUDIES / "paper.yaml")
+    assert config.name == "paper"
+    assert config.start == Hyperparameters().as_table1()
+    assert set(config.search_space) == set(Hyperparameters().as_table1())
+    assert config.training["steps"] == 5000
+    assert config.training["eval_every"] == 500
+    assert config.training["patch_shape"] == (64, 64, 16)
+    assert config.training["loss"] == "joint"
+    assert config.training["block"] == "factorized"
+    assert config.training["clip"] == "global"
+    assert config.trials == 50
+    assert config.sampler == {"name": "neighborhood", "factor": 10.0, "scale": "log"}
+    assert config.pruner is None
+    assert config.data_path == ROOT / "data" / "paper"
+    assert config.synth == {"cases": 40, "shape": (192, 192, 12), "seed": 0, "myocardium": False}
+    assert config.search_space[CHANNELS] == {"low": 4, "high": 64, "log": True, "step": None}
+    assert isinstance(config.make_pruner(), optuna.pruners.NopPruner)
+
+
+def test_quickstart_study_is_small():
+    config = load_study(STUDIES / "quickstart.yaml")
+    assert config.name == "quickstart"
+    assert config.trials == 6
+    assert config.seed == 0
+    assert config.training["steps"] == 150
+    assert config.training["patch_shape"] == (32, 32, 16)
+    assert config.training["loss"] == "per_class"
+    assert config.start == {**Hyperparameters().as_table1(), LR: 1.0e-3, CHANNELS: 8}
+    assert config.search_space[CHANNELS] == {"low": 4, "high": 16, "log": True, "step": None}
+    paper = load_study(STUDIES / "paper.yaml")
+    others = {name: space for name, space in config.search_space.items() if name != CHANNELS}
+    assert others == {name: space for name, space in paper.search_space.items() if name != CHANNELS}
+    assert config.data_path == ROOT / "data" / "quickstart"
+    assert config.synth["cases"] == 8 and config.synth["shape"] == (64, 64, 16)
+    assert isinstance(config.make_sampler(), NeighborhoodSampler)
+
+
+# ---------------------------------------------------------------- what a valid file gives
+
+
+def test_defaults_fill_the_rest(tmp_path):
+    config = load(tmp_path)
+    defaults = TrainConfig()
+    assert config.training["batch_size"] == defaults.batch_size
+    assert config.training["depth"] == defaults.depth
+    assert config.training["foreground_share"] == defaults.foreground_share
+    assert config.start == Hyperparameters().as_table1()
+    assert config.split == {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
+    assert config.synth == {"cases": 4, "shape": (32, 32, 16), "seed": 0, "myocardium": False}
+    assert config.sampler == {"name": "neighborhood"}
+    assert config.pruner is None
+    assert config.deterministic is False
+
+
+def test_distributions_types_and_log_flags(tmp_path):
+    config = load(
+        tmp_path,
+        **{
+            f"search_space.{KEEP}": {"low": 0.5, "high": 1.0},  # linear by default
+            "search_space.beta1": {"low": 0.8, "high": 0.95, "step": 0.05},
+            "search_space.gradient clip": {"low": 1.0, "high": 1.0},  # equal bounds: fixed
+        },
+    )
+    dists = config.distributions()
+    assert list(dists) == [KEEP, LR, "beta1", "gradient clip", CHANNELS]  # the paper's order
+    assert dists[CHANNELS] == IntDistribution(4, 64, log=True)
+    assert dists[LR] == FloatDistribution(1e-6, 1e-2, log=True)
+    assert dists[KEEP] == FloatDistribution(0.5, 1.0, log=False)
+    assert dists["beta1"] == FloatDistribution(0.8, 0.95, step=0.05)
+    assert dists["gradient clip"].single()
+
+
+def test_unsearched_parameters_stay_at_their_start_value(tmp_path):
+    config = load(tmp_path, **{"start.beta2": 0.99, f"start.{LR}": 1.0e-4})
+    assert set(config.distributions()) == {LR, CHANNELS}
+    params = config.hyperparameters({LR: 3.0e-3, CHANNELS: 16})
+    assert params == Hyperparameters(learning_rate=3.0e-3, channels=16, beta2=0.99)
+
+
+def test_numbers_written_without_a_dot_are_read_as_numbers(tmp_path):
+    # YAML 1.1 reads 1e-6 (no dot) as a string.
+    path = write(tmp_path, base_doc())
+    path.write_text(path.read_text().replace("1.0e-06", "1e-6").replace("0.01", "1e-2") + "start: {learning rate: 2e-4}\n")
+    config = load_study(path)
+    assert config.search_space[LR]["low"] == 1e-6 and config.search_space[LR]["high"] == 1e-2
+    assert config.start[LR] == 2e-4
+
+
+def test_start_values_are_floats_except_channels(tmp_path):
+    # An integer written for a float hyperparameter (gradient clip: 1) is stored as 1.0, and
+    # 30.0 channels as 30, so exports and the sampler see one type per hyperparameter.
+    config = load(tmp_path, **{"start.gradient clip": 1, f"start.{CHANNELS}": 30.0})
+    assert type(config.start["gradient clip"]) is float
+    assert type(config.start[CHANNELS]) is int
+    assert all(type(v) is float for name, v in config.start.items() if name != CHANNELS)
+
+
+def test_relative_data_path_resolves_against_the_study_folder(tmp_path, monkeypatch):
+    path = write(tmp_path, base_doc(), name="sub/study.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_study(path).data_path == tmp_path / "sub" / "data"
+    assert load_study(Path("..") / "sub" / "study.yaml").data_path == tmp_path / "sub" / "data"
+
+
+def test_existing_dataset_needs_no_synth_section(tmp_path):
+    (tmp_path / "data").mkdir()
+    config = load(tmp_path, **{"data.synth": DELETE})
+    assert config.synth is None
+    assert config.data_path == tmp_path / "data"
+
+
+def test_train_config_seeds_each_trial(tmp_path):
+    config = load(tmp_path, deterministic=True)
+    train = config.train_config(3)
+    assert isinstance(train, TrainConfig)
+    assert train.seed == 10  # 7 + 3
+    assert train.deterministic is True
+    assert train.patch_shape == (16, 16, 8) and train.steps == 10 and train.eval_every == 5
+    assert config.train_config(0).seed == 7
+    assert load(tmp_path, seed=None).train_config(3).seed is None
+
+
+# ---------------------------------------------------------------- samplers and pruners
+
+
+def test_neighborhood_sampler_starts_at_the_searched_start_values(tmp_path):
+    config = load(tmp_path, **{f"start.{LR}": 1.0e-4, f"start.{CHANNELS}": 16, "sampler": {"name": "neighborhood", "factor": 4.0}})
+    sampler = config.make_sampler()
+    assert isinstance(sampler, NeighborhoodSampler)
+    assert sampler._seed == 7
+    assert sampler._factor == 4.0
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    trial = study.ask(config.distributions())
+    # The first trial evaluates the start point exactly, and only the searched parameters.
+    assert trial.params == {LR: 1.0e-4, CHANNELS: 16}
+
+
+@pytest.mark.parametrize(
+    "section, cls",
+    [
+        ({"name": "random"}, optuna.samplers.RandomSampler),
+        ({"name": "tpe", "n_startup_trials": 3}, optuna.samplers.TPESampler),
+    ],
+)
+def test_optuna_samplers(tmp_path, section, cls):
+    sampler = load(tmp_path, sampler=section).make_sampler()
+    assert type(sampler) is cls
+    if cls is optuna.samplers.TPESampler:
+        assert sampler._n_startup_trials == 3
+
+
+def test_seeded_samplers_repeat_their_draws(tmp_path):
+    config = load(tmp_path, sampler={"name": "random"})
+
+    def first_draw():
+        study = optuna.create_study(sampler=config.make_sampler())
+        return study.ask(config.distributions()).params
+
+    assert first_draw() == first_draw()
+
+
+@pytest.mark.parametrize(
+    "section, cls",
+    [
+        (None, optuna.pruners.NopPruner),
+        ({"name": "none"}, optuna.pruners.NopPruner),
+        ({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 5}, optuna.pruners.MedianPruner),
+        ({"name": "percentile", "percentile": 25.0}, optuna.pruners.PercentilePruner),
+        ({"name": "hyperband", "min_resource": 5, "reduction_factor": 3}, optuna.pruners.HyperbandPruner),
+        ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
+    ],
+)
+def test_pruners(tmp_path, section, cls):
+    config = load(tmp_path, pruner=section)
+    assert type(config.make_pruner()) is cls
+    assert config.pruner is None if cls is optuna.pruners.NopPruner else config.pruner == section
+
+
+def test_median_pruner_gets_its_options(tmp_path):
+    pruner = load(tmp_path, pruner={"name": "median", "n_startup_trials": 2}).make_pruner()
+    assert pruner._n_startup_trials == 2
+
+
+# ---------------------------------------------------------------- to_dict / from_dict
+
+
+@pytest.mark.parametrize("study", ["paper.yaml", "quickstart.yaml", None])
+def test_to_dict_round_trips_through_json(tmp_path, study):
+    if study is None:
+        config = load(
+            tmp_path,
+            seed=None,
+            deterministic=True,
+            pruner={"name": "hyperband", "min_resource": 5},
+            sampler={"name": "tpe", "n_startup_trials": 4},
+            **{"search_space.beta1": {"low": 0.8, "high": 0.95, "step": 0.05}, "data.split.val_fraction": 0.3},
+        )
+    else:
+        config = load_study(STUDIES / study)
+    stored = json.loads(json.dumps(config.to_dict()))  # what the Optuna user attribute keeps
+    again = StudyConfig.from_dict(stored)
+    assert again == config
+    assert again.to_dict() == config.to_dict()
+
+
+def test_to_dict_is_plain_and_detached(tmp_path):
+    config = load(tmp_path)
+    d = config.to_dict()
+    assert d["data"]["path"] == str(tmp_path / "data")
+    assert d["training"]["patch"] == "16x16x8"
+    d["search_space"][LR]["low"] = 0.5
+    assert config.search_space[LR]["low"] == 1.0e-6
+
+
+def test_from_dict_checks_again(tmp_path):
+    d = load(tmp_path).to_dict()
+    d["trials"] = 0
+    with pytest.raises(UsageError, match=r"stored study definition .*trials must be at least 1, got 0"):
+        StudyConfig.from_dict(d)
+
+
+def test_from_dict_can_skip_the_dataset_check(tmp_path):
+    d = load(tmp_path).to_dict()
+    d["data"]["synth"] = None
+    with pytest.raises(UsageError, match="dataset folder .* does not exist"):
+        StudyConfig.from_dict(d)
+    assert StudyConfig.from_dict(d, check_data=False).synth is None
+
+
+# ---------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("study: [unclosed\n", r"is not valid YAML .*; fix the syntax"),
+        ("- a\n- b\n", r"must hold a mapping of study keys .* got list"),
+        ("", r"must hold a mapping of study keys .* got NoneType"),
+        ("study: a\nstudy: b\n", r"the key 'study' appears twice"),
+    ],
+)
+def test_unreadable_study_files(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=match):
+        load_study(path)
+
+
+def test_missing_study_file(tmp_path):
+    with pytest.raises(UsageError, match=r"study file '.*nope\.yaml' does not exist; give the path"):
+        load_study(tmp_path / "nope.yaml")
+    with pytest.raises(UsageError, match="is a folder"):
+        load_study(tmp_path)
+
+
+BAD = [
+    # structure and unknown keys
+    ({"stpes": 1}, r"unknown key 'stpes' in the top level; allowed keys: study, data, training"),
+    ({"training.stpes": 5}, r"unknown key 'stpes' in training; allowed keys: steps, eval_every, patch"),
+    ({"data.synth.size": 5}, r"unknown key 'size' in data.synth; allowed keys: cases, shape, seed, myocardium"),
+    ({"data.split.train": 0.5}, r"unknown key 'train' in data.split"),
+    ({"data.where": "x"}, r"unknown key 'where' in data; allowed keys: path, synth, split"),
+    ({f"search_space.{LR}.lo": 1}, r"unknown key 'lo' in search_space 'learning rate'; allowed keys: low, high, log, step"),
+    ({"search_space.momentum": {"low": 0.1, "high": 0.9}}, r"unknown key 'momentum' in search_space; allowed keys: dropout keep probability"),
+    ({"start.lr": 0.1}, r"unknown key 'lr' in start; allowed keys: dropout keep probability"),
+    ({"study": DELETE}, r"the top level lacks the required key 'study'"),
+    ({"search_space": DELETE}, r"lacks the required key 'search_space'"),
+    ({"search_space": {}}, r"search_space is empty"),
+    ({"training": {"eval_every": 5}}, r"training lacks the required key 'steps'"),
+    ({"data": "somewhere"}, r"data must be a mapping with keys path, synth, split, got 'somewhere'"),
+    ({f"search_space.{LR}": 0.01}, r"search_space 'learning rate' must be a mapping"),
+    # types and top-level values
+    ({"study": ""}, r"study must be a non-empty string"),
+    ({"trials": 0}, r"trials must be at least 1, got 0"),
+    ({"trials": "many"}, r"trials must be a whole number, got 'many'"),
+    ({"seed": -1}, r"seed must be at least 0, got -1"),
+    ({"deterministic": "yes"}, r"deterministic must be true or false, got 'yes'"),
+    # data
+    ({"data.synth.shape": "4x4x4"}, r"data.synth.shape 4x4x4 needs every size in \[8, 1024\]"),
+    ({"data.synth.shape": "big"}, r"data.synth.shape 'big' is not a shape; write three sizes like 64x64x16"),
+    ({"data.synth.cases": 0}, r"data.synth.cases must be at least 1, got 0"),
+    ({"data.synth.myocardium": 1}, r"data.synth.myocardium must be true or false, got 1"),
+    ({"data.split.val_fraction": 1.0}, r"data.split.val_fraction must be in \[0, 1\), got 1.0"),
+    ({"data.split.val_fraction": 0.6, "data.split.test_fraction": 0.5}, r"leaves no training cases"),
+    ({"data.synth": DELETE}, r"dataset folder '.*data' does not exist; create it with 'hpsearch data synth .*data' or add a data.synth section"),
+    # training (TrainConfig's own checks, named as the study file's)
+    ({"training.steps": 0}, r"study file .*: training: steps \(0\)"),
+    ({"training.steps": 2.5}, r"training.steps must be a whole number, got 2.5"),
+    ({"training.patch": "30x32x16"}, r"training: patch shape \(30, 32, 16\) must be three sizes, each a multiple of 8"),
+    ({"training.patch": "big"}, r"training.patch 'big' is not a shape"),
+    ({"training.loss": "dice"}, r"training: loss must be one of per_class, joint, got 'dice'"),
+    ({"training.block": 3}, r"training.block must be a non-empty string, got 3"),
+    ({"training.foreground_share": 2}, r"training.foreground_share .* must be in \[0, 1\]; got 2.0"),
+    # search space
+    ({f"search_space.{LR}": {"low": 1e-2, "high": 1e-6}}, r"'learning rate' has low 0.01 above high 1e-06; swap them"),
+    ({"search_space.l2 regularization weight": {"low": 0, "high": 0.1}}, r"'l2 regularization weight' has log: true with low 0.0; a log scale needs low > 0"),
+    ({f"search_space.{LR}.step": 1e-6}, r"'learning rate' has both step 1e-06 and log: true"),
+    ({f"search_space.{CHANNELS}": {"low": 4, "high": 63, "step": 2, "log": False}}, r"high - low \(63 - 4\) must be a multiple of step 2"),
+    ({f"search_space.{CHANNELS}": {"low": 4, "high": 64, "step": 0, "log": False}}, r"'channels in first conv layer' step must be at least 1, got 0"),
+    ({f"search_space.{CHANNELS}.low": 2.5}, r"'channels in first conv layer' low must be a whole number, got 2.5"),
+    ({f"search_space.{CHANNELS}.high": 4096}, r"'channels in first conv layer' has high 4096 outside the valid values \('channels in first conv layer' must be between 1 and 1024, got 4096\); move the bound"),
+    ({f"search_space.{KEEP}": {"low": 0.5, "high": 1.5}}, r"'dropout keep probability' has high 1.5 outside the valid values"),
+    ({"search_space.beta2": {"low": 0.9, "high": 1.0}}, r"'beta2' has high 1.0 outside the valid values"),
+    ({f"search_space.{LR}.log": "yes"}, r"'learning rate' log must be true or false, got 'yes'"),
+    ({f"search_space.{LR}.high": "lots"}, r"'learning rate' high must be a finite number, got 'lots'"),
+    ({f"search_space.{LR}.high": float("inf")}, r"'learning rate' high must be a finite number, got inf"),
+    # start
+    ({f"start.{LR}": 0.5}, r"the start value 0.5 of 'learning rate' is outside its search space \[1e-06, 0.01\]"),
+    ({"start.beta1": 1.0}, r"start: 'beta1' is out of range: 1.0; fix that start value"),
+    ({f"start.{CHANNELS}": 3.5}, r"'channels in first conv layer' must be a whole number, got 3.5"),
+    ({f"search_space.{CHANNELS}": {"low": 4, "high": 64, "step": 4, "log": False}}, r"the start value 30 of 'channels in first conv layer' is not on the grid"),
+    # sampler
+    ({"sampler": {"name": "bayes"}}, r"sampler name 'bayes' is unknown; choose one of neighborhood, random, tpe"),
+    ({"sampler": {"factor": 5}}, r"sampler must be a mapping with a 'name'"),
+    ({"sampler": {"name": "tpe", "n_start_trials": 3}}, r"unknown option 'n_start_trials' for sampler 'tpe'; its options are: .*n_startup_trials"),
+    ({"sampler": {"name": "random", "x": 1}}, r"sampler 'random' takes no options; remove 'x'"),
+    ({"sampler": {"name": "neighborhood", "factor": 0.5}}, r"sampler 'neighborhood' refused its options \(factor must be .* greater than 1"),
+    ({"sampler": {"name": "neighborhood", "scale": "linear"}}, r"sampler 'neighborhood' refused its options \(scale must be 'log' or 'uniform'"),
+    ({"sampler": {"name": "tpe", "seed": 3}}, r"sampler option 'seed' is set by the study's top-level 'seed' key"),
+    ({"sampler": {"name": "neighborhood", "start": {}}}, r"sampler option 'start' is set by the study's top-level 'start' key"),
+    # pruner
+    ({"pruner": {"name": "early"}}, r"pruner name 'early' is unknown; choose one of none, median, percentile, hyperband, successive_halving"),
+    ({"pruner": {"name": "none", "patience": 3}}, r"pruner 'none' takes no options; remove 'patience'"),
+    ({"pruner": {"name": "percentile"}}, r"pruner 'percentile' needs the option 'percentile'"),
+    ({"pruner": {"name": "median", "n_startup_trials": -1}}, r"pruner 'median' refused its options \(.*n_startup_trials"),
+]
+
+
+@pytest.mark.parametrize("changes, match", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_values_are_refused_by_name(tmp_path, changes, match):
+    with pytest.raises(UsageError, match=match) as caught:
+        load(tmp_path, **changes)
+    assert str(caught.value).startswith("study file ")
+    assert caught.value.exit_code == 2
+
+
+def test_a_date_is_not_an_option_value(tmp_path):
+    path = write(tmp_path, base_doc())
+    path.write_text(path.read_text() + "pruner: {name: median, n_startup_trials: 2020-01-01}\n")
+    with pytest.raises(UsageError, match=r"pruner option 'n_startup_trials' must be a number, string, boolean, list or mapping"):
+        load_study(path)
+
+
+def test_data_path_that_is_a_file(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    with pytest.raises(UsageError, match=r"data.path '.*data' is a file, not a dataset folder"):
+        load(tmp_path)
+
+
+def test_sampler_with_a_missing_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(config_module._SAMPLER_NEEDS, "random", ("no_such_package_hpsearch",))
+    with pytest.raises(UsageError, match=r"sampler 'random' needs the Python package\(s\) no_such_package_hpsearch; install them"):
+        load(tmp_path, sampler={"name": "random"})
+
+
+def test_base_doc_itself_is_valid(tmp_path):
+    # The bad cases above differ from this document by the one change they name.
+    assert load(tmp_path).name == "t"
+
+
+# ---------------------------------------------------------------- no TensorFlow
+
+
+def test_reading_a_study_does_not_import_keras_or_tensorflow():
+    code = (
+        "import sys, hpsearch.config as c; "
+        f"c.load_study({str(STUDIES / 'paper.yaml')!r}).make_sampler(); "
+        "loaded = [m for m in ('keras', 'tensorflow') if m in sys.modules]; "
+        "assert not loaded, loaded"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
