@@ -192,6 +192,185 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- search: launch, worker, status
+
+DEFAULT_STUDY = Path("studies/quickstart.yaml")
+
+
+def study_paths(study_file: Path | None) -> dict[str, Path]:
+    """Where the embedded journal, trial models and worker logs live: beside the study file (default studies/)."""
+    base = study_file.parent if study_file is not None else DEFAULT_STUDY.parent
+    return {"journal": base / "hpsearch.journal", "artifacts": base / "artifacts", "logs": base / "logs"}
+
+
+def open_study_storage(args: argparse.Namespace, study_file: Path | None):
+    """(url, storage) from --storage, $HPSEARCH_STORAGE, or the embedded journal file."""
+    from hpsearch.storage import open_storage, resolve_storage_url
+
+    url = resolve_storage_url(args.storage, default_journal=study_paths(study_file)["journal"])
+    return url, open_storage(url)
+
+
+def resolve_study(args: argparse.Namespace, storage, *, check_data: bool = False):
+    """The study's definition from --study: a YAML file, or the name of a study in the storage."""
+    import optuna
+
+    from hpsearch.config import load_study
+    from hpsearch.worker import stored_config
+
+    if args.study_file is not None:
+        return load_study(args.study_file)
+    try:
+        study = optuna.load_study(study_name=args.study, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise UsageError(f"there is no study named {args.study!r} in the storage (studies: {names}); check --study.") from None
+    return stored_config(study, check_data=check_data)
+
+
+def study_argument(args: argparse.Namespace, *, default: Path | None = DEFAULT_STUDY) -> None:
+    """Split --study into a YAML file (args.study_file) or a study name (args.study)."""
+    value = args.study
+    if value is None:
+        if default is None or not default.is_file():
+            raise UsageError(f"no study given and {default} does not exist; pass --study FILE or --study NAME.")
+        value = str(default)
+    is_file = value.endswith((".yaml", ".yml")) or Path(value).is_file()
+    args.study_file = Path(value) if is_file else None
+    args.study = value
+    if is_file and not Path(value).is_file():
+        raise UsageError(f"study file {value} does not exist; give the path of a study YAML file (see studies/).")
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from hpsearch.config import load_study
+    from hpsearch.devices import choose_gpus, cpu_threads
+    from hpsearch.launcher import Launcher, prepare_study
+    from hpsearch.live import LiveView
+    from hpsearch.storage import describe, mask_password
+    from hpsearch.worker import counts, ensure_dataset
+
+    from hpsearch.progress import bar
+
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers} must be at least 1.")
+    study_argument(args)
+    config = load_study(args.study_file)
+    target = args.trials or config.trials
+    gpus = choose_gpus(args.gpus, args.workers)
+    threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
+    url, storage = open_study_storage(args, args.study_file)
+    if config.synth is not None and not config.data_path.exists():
+        with bar(f"writing synthetic data to {config.data_path}", total=config.synth["cases"]) as advance:
+            ensure_dataset(config, progress=lambda done, total: advance(done))
+    study = prepare_study(config, storage, target=target)
+    complete, _ = counts(study)
+    shown = mask_password(url)
+    print(f"study {config.name!r} in {describe(url)}: {complete} of {target} complete trials")
+    if complete >= target:
+        print(f"the study already holds {complete} complete trials; raise --trials to search further.")
+        return 0
+    paths = study_paths(args.study_file)
+    default_journal = study_paths(None)["journal"]
+    dashboard = "hpsearch dashboard" if url == str(default_journal) else f"hpsearch dashboard --storage '{shown}'"
+    launcher = Launcher(
+        config, url, storage, target=target, gpus=gpus, threads=threads,
+        artifacts=paths["artifacts"], log_dir=paths["logs"] / config.name,
+    )
+    devices = ", ".join(f"GPU {g}" for g in gpus) if threads is None else f"CPU, {threads} thread(s) each"
+    print(f"starting {args.workers} worker(s) on {devices}; logs in {launcher.log_dir}")
+    try:
+        with LiveView(study_name=config.name, storage=storage, storage_text=describe(url), dashboard_command=dashboard, target=target) as view:
+            code = launcher.run(display=view)
+    finally:
+        launcher.cleanup()
+    print_best(study, interrupted=code == 130)
+    return code
+
+
+def print_best(study, *, interrupted: bool = False) -> None:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    if interrupted:
+        print(f"interrupted: {len(complete)} complete trials kept; running trials marked FAIL and re-queued; 'hpsearch launch' resumes.")
+    if not complete:
+        print("no complete trial yet.")
+        return
+    best = max(complete, key=lambda t: t.value)
+    params = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
+    print(f"{len(complete)} complete, {failed} failed; best validation IoU {best.value:.4f} in trial {best.number} ({params})")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu  # before TensorFlow loads
+    import optuna
+
+    from hpsearch.storage import mask_password
+    from hpsearch.worker import TARGET_ATTR, run_worker
+
+    if args.study is None:
+        raise UsageError("hpsearch worker needs --study NAME (or a study FILE) to join.")
+    study_argument(args, default=None)
+    url, storage = open_study_storage(args, args.study_file)
+    config = resolve_study(args, storage, check_data=True)
+    if args.data:
+        import dataclasses
+
+        config = dataclasses.replace(config, data_path=Path(args.data).resolve())
+    try:
+        stored_target = optuna.load_study(study_name=config.name, storage=storage).user_attrs.get(TARGET_ATTR)
+    except KeyError:
+        raise UsageError(f"there is no study named {config.name!r} in {mask_password(url)}; start it with 'hpsearch launch'.") from None
+    target = args.trials or stored_target or config.trials
+    artifacts = args.artifacts or study_paths(args.study_file)["artifacts"]
+    import optuna.artifacts
+
+    store = optuna.artifacts.FileSystemArtifactStore(str(Path(artifacts).resolve()))
+    Path(artifacts).mkdir(parents=True, exist_ok=True)
+    return run_worker(
+        config, storage, index=args.index, target=target, threads=args.threads,
+        artifact_store=store, status_path=args.status_file,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from hpsearch.objective import WORKER_ATTR
+    from hpsearch.progress import print_table
+    from hpsearch.storage import FAIL_REASON_ATTR, describe
+
+    study_argument(args)
+    url, storage = open_study_storage(args, args.study_file)
+    name = resolve_study(args, storage).name if args.study_file is not None else args.study
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UsageError(f"there is no study named {name!r} in {describe(url)}; check --study and --storage.") from None
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        duration = trial.duration.total_seconds() if trial.duration else None
+        note = trial.user_attrs.get(FAIL_REASON_ATTR, "")
+        parent = trial.user_attrs.get("parent_trial")
+        if parent is not None and not note:
+            note = f"from {parent}"
+        rows.append([
+            str(trial.number), trial.state.name,
+            "-" if trial.value is None else f"{trial.value:.4f}",
+            ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items()),
+            "-" if duration is None else f"{duration:.0f} s",
+            str(trial.user_attrs.get(WORKER_ATTR, "-")),
+            note,
+        ])
+    print_table(f"study {name} ({describe(url)})", ["#", "state", "IoU", "hyperparameters", "duration", "worker", "note"], rows)
+    print_best(study)
+    return 0
+
+
 # ---------------------------------------------------------------- parser, main
 
 
@@ -231,12 +410,45 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, help="dataset folder")
     evaluate.add_argument("--split", choices=("test", "val", "all"), default="test", help="which cases (default: test, the split recorded with the model)")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    launch = commands.add_parser("launch", help="create or resume a study and run N supervised workers")
+    launch.add_argument("--workers", type=int, default=1, help="worker processes: one per GPU, or sharing the CPU cores (default: 1)")
+    launch.add_argument("--study", help=f"study YAML file (default: {DEFAULT_STUDY})")
+    launch.add_argument("--storage", help="Optuna storage URL (postgresql+psycopg2://...) or journal file; default: $HPSEARCH_STORAGE, else studies/hpsearch.journal")
+    launch.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the study file's 'trials')")
+    launch.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
+    launch.set_defaults(handler=cmd_launch)
+
+    worker = commands.add_parser("worker", help="join a running study from this machine (one worker process)")
+    worker.add_argument("--study", help="study name in the storage, or a study YAML file")
+    worker.add_argument("--storage", help="Optuna storage URL or journal file (default: $HPSEARCH_STORAGE, else studies/hpsearch.journal)")
+    worker.add_argument("--gpu", help="GPU index this worker uses (sets CUDA_VISIBLE_DEVICES)")
+    worker.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the launcher's target)")
+    worker.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow (default: all)")
+    worker.add_argument("--data", help="dataset folder on this machine, if not where the launcher had it")
+    worker.add_argument("--artifacts", help="folder of the trial model store (default: studies/artifacts)")
+    worker.add_argument("--index", default="0", help=argparse.SUPPRESS)
+    worker.add_argument("--status-file", help=argparse.SUPPRESS)
+    worker.set_defaults(handler=cmd_worker)
+
+    status = commands.add_parser("status", help="the study's trials as a table")
+    status.add_argument("--study", help=f"study YAML file or study name (default: {DEFAULT_STUDY})")
+    status.add_argument("--storage", help="Optuna storage URL or journal file (default: $HPSEARCH_STORAGE, else studies/hpsearch.journal)")
+    status.set_defaults(handler=cmd_status)
     return parser
+
+
+def _quiet_libraries() -> None:
+    # Optuna logs every study and trial event at INFO; our own output says what matters.
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args.handler(args)
     except (InputError, HpsearchError) as error:

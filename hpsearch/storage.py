@@ -190,8 +190,12 @@ def mark_running_trials_failed(
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue a re-run of `trial` with the same params and user attr `retry_of` = its number."""
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_ATTR}
+    """Enqueue a re-run of `trial` with the same params and user attr `retry_of` = its number.
+
+    Only the search's lineage (`parent_trial`) is carried over: what the failed run measured or
+    which worker ran it belongs to that run alone.
+    """
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k == "parent_trial"}
     user_attrs[RETRY_OF_ATTR] = trial.number
     study.enqueue_trial(trial.params, user_attrs=user_attrs, skip_if_exists=False)
 

@@ -312,11 +312,12 @@ def split_cases(
 
 @dataclasses.dataclass
 class TrainData:
-    """Normalised, labelled cases for training and validation, and the class names (0 = background)."""
+    """Normalised, labelled cases for training and validation, the class names (0 = background) and channel names."""
 
     train: list[Case]
     val: list[Case]
     class_names: tuple[str, ...]
+    channel_names: tuple[str, ...] = ("image",)
 
     @property
     def num_classes(self) -> int:
@@ -329,4 +330,9 @@ class TrainData:
 
 def load_train_data(dataset: Dataset, split: Split) -> TrainData:
     """Read the training and validation cases of `split` from `dataset`."""
-    return TrainData(dataset.load_cases(list(split.train)), dataset.load_cases(list(split.val)), dataset.class_names)
+    return TrainData(
+        dataset.load_cases(list(split.train)),
+        dataset.load_cases(list(split.val)),
+        dataset.class_names,
+        dataset.channel_names,
+    )

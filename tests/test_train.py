@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -61,11 +63,11 @@ def test_on_eval_can_stop_training(tiny_data):
 
 
 def test_a_nan_loss_raises_training_diverged(tiny_data):
-    broken = type(tiny_data)([c for c in tiny_data.train], tiny_data.val, tiny_data.class_names)
-    broken.train[0] = type(broken.train[0])(**{**broken.train[0].__dict__, "image": np.full_like(broken.train[0].image, np.nan)})
-    config = TrainConfig(steps=20, eval_every=20, patch_shape=(16, 16, 8), depth=2, foreground_share=1.0)
+    case = tiny_data.train[0]
+    poisoned = dataclasses.replace(case, image=np.full_like(case.image, np.nan))
+    config = TrainConfig(steps=20, eval_every=20, patch_shape=(16, 16, 8), depth=2)
     with pytest.raises(TrainingDiverged, match="loss became nan at step"):
-        train(TINY, type(tiny_data)(broken.train[:1], tiny_data.val, tiny_data.class_names), config)
+        train(TINY, dataclasses.replace(tiny_data, train=[poisoned]), config)
 
 
 @pytest.mark.parametrize(

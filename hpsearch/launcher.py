@@ -1,0 +1,246 @@
+"""`hpsearch launch`: create or resume a study, start one worker process per GPU (or CPU share), supervise them.
+
+The launcher never imports TensorFlow. It restarts a worker that dies (bounded), marks the
+dead worker's running trial FAIL with the reason and enqueues a retry with the same
+hyperparameters. On Ctrl-C or SIGTERM it stops the workers within seconds and marks their
+running trials FAIL ("interrupted"), re-queued for the next `launch`. No trial is left RUNNING
+by a launcher that has exited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.config import StudyConfig
+from hpsearch.errors import HpsearchError, UsageError
+from hpsearch.objective import WORKER_PID_ATTR
+from hpsearch.storage import DEFAULT_ENV, FAIL_REASON_ATTR, RETRY_OF_ATTR, mark_running_trials_failed, retry_trial
+from hpsearch.worker import CONFIG_ATTR, TARGET_ATTR, counts
+
+MAX_RESTARTS = 3  # per worker slot
+STOP_GRACE_SECONDS = 8.0  # SIGTERM, then SIGKILL after this long
+POLL_SECONDS = 0.5
+# Parts of a definition that make trials comparable; a resumed study must keep them.
+_FIXED_PARTS = ("data", "training", "start", "search_space")
+
+
+def prepare_study(config: StudyConfig, storage, *, target: int) -> optuna.Study:
+    """Create the study, or resume it if its stored definition agrees; store the definition and target in it."""
+    study = optuna.create_study(study_name=config.name, storage=storage, direction="maximize", load_if_exists=True)
+    definition = config.to_dict()
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is not None:
+        changed = [part for part in _FIXED_PARTS if _comparable(stored.get(part)) != _comparable(definition.get(part))]
+        if changed:
+            raise UsageError(
+                f"study {config.name!r} already exists with a different {changed[0]!r} section, so its trials would not "
+                "compare; rename 'study' in the study file to start a new search."
+            )
+    study.set_user_attr(CONFIG_ATTR, definition)
+    study.set_user_attr(TARGET_ATTR, target)
+    return study
+
+
+def _comparable(value):
+    # JSON turns tuples into lists; compare the JSON forms.
+    return json.loads(json.dumps(value))
+
+
+@dataclasses.dataclass
+class WorkerSlot:
+    """One worker position: its process, GPU, restarts and live status file."""
+
+    index: int
+    gpu: str | None
+    status_path: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    finished: bool = False  # exited 0: the study reached its target
+    gave_up: str | None = None  # why this slot is no longer restarted
+
+    def status(self) -> dict:
+        try:
+            return json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+
+class Launcher:
+    """Starts and supervises the workers of one study.
+
+    Args:
+        config: the study definition.
+        storage_url: the study storage (passed to workers through the environment, never argv).
+        storage: the opened storage.
+        target: COMPLETE trials to reach.
+        gpus: per worker, a GPU index or None.
+        threads: CPU threads per worker (None: TensorFlow's default).
+        artifacts: folder of the trial model store.
+        log_dir: where each worker's output goes.
+    """
+
+    def __init__(self, config, storage_url, storage, *, target, gpus, threads, artifacts, log_dir) -> None:
+        self.config = config
+        self.storage_url = storage_url
+        self.storage = storage
+        self.target = target
+        self.threads = threads
+        self.artifacts = Path(artifacts)
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._status_dir = Path(tempfile.mkdtemp(prefix="hpsearch-launch-"))
+        self.slots = [
+            WorkerSlot(i, gpu, self._status_dir / f"w{i}.json", self.log_dir / f"w{i}.log") for i, gpu in enumerate(gpus)
+        ]
+        self.events: list[str] = []
+        self._stopping: str | None = None
+        self._pids: set[int] = set()  # every worker process this launcher started
+
+    # ---- processes
+
+    def _start(self, slot: WorkerSlot) -> None:
+        env = dict(os.environ)
+        env[DEFAULT_ENV] = self.storage_url  # not in argv: `ps` shows argv, and the URL may hold a password
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        command = [
+            sys.executable, "-m", "hpsearch.cli", "worker",
+            "--study", self.config.name, "--index", str(slot.index), "--trials", str(self.target),
+            "--artifacts", str(self.artifacts), "--status-file", str(slot.status_path),
+        ]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
+        slot.status_path.unlink(missing_ok=True)
+        with open(slot.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} worker w{slot.index} starts\n")
+            log.flush()
+            # Its own session: a terminal's Ctrl-C reaches the launcher only, which stops workers in order.
+            slot.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._pids.add(slot.process.pid)
+
+    def _reap(self, slot: WorkerSlot) -> None:
+        """Handle a worker that exited: done, bad input, or died (fail its trial, retry, restart)."""
+        code = slot.process.returncode
+        pid = slot.process.pid
+        slot.process = None
+        if code == 0:
+            slot.finished = True
+            return
+        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        failed = self._fail_trials_of(pid, f"worker w{slot.index} {how}")
+        self.events.append(f"worker w{slot.index} (pid {pid}) {how}" + (f"; trial {failed} marked FAIL and re-queued" if failed else ""))
+        if code == 2:
+            slot.gave_up = f"bad input (see {slot.log_path})"
+        elif slot.restarts >= MAX_RESTARTS:
+            slot.gave_up = f"died {slot.restarts + 1} times (see {slot.log_path})"
+        elif self._stopping is None:
+            slot.restarts += 1
+            self._start(slot)
+
+    def _fail_trials_of(self, pid: int, reason: str) -> list[int]:
+        """FAIL the RUNNING trials run by process `pid` and enqueue their retries."""
+        study = optuna.load_study(study_name=self.config.name, storage=self.storage)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        numbers = [t.number for t in running if t.user_attrs.get(WORKER_PID_ATTR) == pid]
+        failed = mark_running_trials_failed(self.storage, self.config.name, reason=reason, trial_numbers=numbers)
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for number in failed:
+            retry_trial(study, by_number[number])
+        return failed
+
+    def stop(self, reason: str) -> None:
+        """Stop every worker: SIGTERM, then SIGKILL after a grace period; fail and re-queue their trials."""
+        self._stopping = reason
+        alive = [slot for slot in self.slots if slot.process is not None]
+        for slot in alive:
+            _signal(slot.process, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for slot in alive:
+            try:
+                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(slot.process, signal.SIGKILL)
+                slot.process.wait()
+            pid = slot.process.pid
+            slot.process = None
+            # A worker killed mid-trial could not record its end; do it here.
+            self._fail_trials_of(pid, reason)
+        self._requeue_interrupted()
+
+    def _requeue_interrupted(self) -> None:
+        """Trials our workers ended as 'interrupted' themselves are re-queued once, for the next launch."""
+        study = optuna.load_study(study_name=self.config.name, storage=self.storage)
+        trials = study.get_trials(deepcopy=False)
+        requeued = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
+        for trial in trials:
+            if (
+                trial.state == TrialState.FAIL
+                and trial.user_attrs.get(FAIL_REASON_ATTR) == "interrupted"
+                and trial.user_attrs.get(WORKER_PID_ATTR) in self._pids
+                and trial.number not in requeued
+            ):
+                retry_trial(study, trial)
+
+    # ---- the loop
+
+    def run(self, display=None) -> int:
+        """Start the workers and supervise them until the target is reached; returns an exit code."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            for slot in self.slots:
+                self._start(slot)
+            while True:
+                for slot in self.slots:
+                    if slot.process is not None and slot.process.poll() is not None:
+                        self._reap(slot)
+                if display is not None:
+                    display(self)
+                if all(slot.process is None for slot in self.slots):
+                    break
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            self.stop("interrupted")
+            if display is not None:
+                display(self)
+            return 130
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        study = optuna.load_study(study_name=self.config.name, storage=self.storage)
+        complete, _ = counts(study)
+        if complete >= self.target:
+            return 0
+        reasons = "; ".join(f"w{s.index}: {s.gave_up}" for s in self.slots if s.gave_up)
+        raise HpsearchError(f"the workers stopped with {complete} of {self.target} complete trials ({reasons}).")
+
+    def cleanup(self) -> None:
+        for slot in self.slots:
+            slot.status_path.unlink(missing_ok=True)
+        try:
+            self._status_dir.rmdir()
+        except OSError:
+            pass
+
+
+def _signal(process: subprocess.Popen, sig: int) -> None:
+    try:
+        process.send_signal(sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,165 @@
+"""The Optuna objective: a trial's hyperparameters -> a trained U-Net -> validation IoU.
+
+It reports validation IoU at every evaluation (the dashboard's learning curve; what a pruner
+reads), records per-class IoU, timings and the worker in user attributes, stores the model as
+an Optuna artifact, and returns the validation IoU after the last step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from hpsearch.config import StudyConfig
+from hpsearch.storage import FAIL_REASON_ATTR
+
+# User attribute names (the dashboard shows them; `status`, `export` and `report` read them).
+WORKER_ATTR = "worker"
+WORKER_PID_ATTR = "worker_pid"
+PER_CLASS_ATTR = "per_class_iou"
+BEST_ATTR = "best_validation_iou"
+BEST_STEP_ATTR = "best_step"
+TRAIN_SECONDS_ATTR = "train_seconds"
+MODEL_ARTIFACT_ATTR = "model_artifact"
+
+
+class SurplusTrial(Exception):
+    """Raised when the study already has enough COMPLETE or RUNNING trials for its target."""
+
+
+def worker_name(index: int | str) -> str:
+    """'host/w0' style name of this worker process."""
+    return f"{socket.gethostname()}/w{index}"
+
+
+def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, float | int]:
+    """Ask the trial for each searched hyperparameter (Table 1 names)."""
+    values: dict[str, float | int] = {}
+    for name, distribution in config.distributions().items():
+        if isinstance(distribution, IntDistribution):
+            values[name] = trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        elif isinstance(distribution, FloatDistribution):
+            values[name] = trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return values
+
+
+class Objective:
+    """Callable objective for `study.optimize`.
+
+    Args:
+        config: the study definition.
+        data: training and validation cases (model.data.TrainData), loaded once per worker.
+        worker: this worker's name, recorded on each trial.
+        artifact_store: where trial models go (an Optuna artifact store), or None to keep none.
+        target: COMPLETE trials the search aims for; a trial started beyond it is refused.
+        on_progress: called as on_progress(trial_number, step, iou or None) for live display.
+    """
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        data,
+        *,
+        worker: str,
+        artifact_store=None,
+        target: int | None = None,
+        on_progress: Callable[[int, int, float | None], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.worker = worker
+        self.artifact_store = artifact_store
+        self.target = target
+        self.on_progress = on_progress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, self.worker)
+        trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
+        self._refuse_surplus(trial)
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as error:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(error).__name__}: {error}"[:500])
+            raise
+
+    def _refuse_surplus(self, trial: optuna.Trial) -> None:
+        """Two workers can start a trial at the same moment; the later one gives way."""
+        if self.target is None:
+            return
+        trials = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        ahead = [t for t in trials if t.state == TrialState.COMPLETE or t.number < trial.number]
+        if len(ahead) >= self.target:
+            raise SurplusTrial(f"the study already has {len(ahead)} complete or running trials for its target of {self.target}")
+
+    def _run(self, trial: optuna.Trial) -> float:
+        from model.train import train  # TensorFlow loads here, in the worker, not in the launcher
+
+        params = self.config.hyperparameters(suggest(trial, self.config))
+        config = self.config.train_config(trial.number)
+        if self.on_progress:
+            self.on_progress(trial.number, 0, None)
+
+        def on_eval(step: int, iou: float) -> None:
+            trial.report(iou, step)
+            if self.on_progress:
+                self.on_progress(trial.number, step, iou)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation IoU {iou:.4f} at step {step}")
+
+        def on_step(step: int, loss: float) -> None:
+            if self.on_progress and step % 10 == 0:
+                self.on_progress(trial.number, step, None)
+
+        started = time.perf_counter()
+        result = train(params, self.data, config, on_eval=on_eval, on_step=on_step)
+        trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 3))
+        trial.set_user_attr(PER_CLASS_ATTR, dict(zip(self.data.class_names[1:], result.final.per_class[1:])))
+        trial.set_user_attr(BEST_ATTR, result.best.iou)
+        trial.set_user_attr(BEST_STEP_ATTR, result.best.step)
+        if self.artifact_store is not None:
+            self._store_model(trial, result, params, config)
+        if not math.isfinite(result.final.iou):
+            raise ValueError(f"validation IoU is {result.final.iou}")
+        return result.final.iou
+
+    def _store_model(self, trial: optuna.Trial, result, params, config) -> None:
+        """Save the trial's model (best validation weights) as an artifact `hpsearch train` could have written."""
+        from model.run import save_run
+
+        with tempfile.TemporaryDirectory(prefix="hpsearch-trial-") as folder:
+            run = save_run(
+                Path(folder) / "run", result, params, config,
+                class_names=self.data.class_names,
+                channel_names=self.data.channel_names,
+                extra={"study": self.config.name, "trial": trial.number},
+            )
+            archive = Path(folder) / f"trial-{trial.number}-model.zip"
+            _zip_folder(run, archive)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(archive), study_or_trial=trial,
+                mimetype="application/zip",
+            )
+        trial.set_user_attr(MODEL_ARTIFACT_ATTR, artifact_id)
+
+
+def _zip_folder(folder: Path, archive: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zipped:
+        for path in sorted(folder.iterdir()):
+            zipped.write(path, arcname=path.name)
+
