@@ -1,0 +1,76 @@
+"""Helpers for tests that run real searches: a tiny study file and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+from hpsearch.storage import open_storage
+
+
+def write_tiny_study(folder: Path, *, name: str = "tiny", trials: int = 4, steps: int = 6, eval_every: int = 3, seed: int = 0, **extra) -> Path:
+    """A study small enough for tests: 4 synthetic cases of 32×32×8, 2-channel U-Net of depth 2."""
+    folder.mkdir(parents=True, exist_ok=True)
+    document = {
+        "study": name,
+        "data": {"path": "data", "synth": {"cases": 4, "shape": "32x32x8", "seed": 0}, "split": {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.0}},
+        "training": {"steps": steps, "eval_every": eval_every, "patch": "16x16x8", "batch": 2, "depth": 2},
+        "trials": trials,
+        "seed": seed,
+        "start": {"channels in first conv layer": 2, "learning rate": 3.0e-3},
+        "search_space": {
+            "learning rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
+            "channels in first conv layer": {"low": 2, "high": 3},
+        },
+        **extra,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def hpsearch(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """Start the real CLI in a subprocess (its own process group, so signals can be aimed at it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, **kwargs,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def load(storage_url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage_url, heartbeat_interval=None))
+
+
+def wait_for(predicate, *, timeout: float = 120, interval: float = 0.3):
+    """Poll until predicate() is truthy; return its value, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate.__doc__ or predicate}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

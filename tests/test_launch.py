@@ -1,0 +1,97 @@
+"""`hpsearch launch` with real worker processes, on the journal file and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from searchutil import finish, hpsearch, load, pid_alive, wait_for, write_tiny_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage_url(request, tmp_path):
+    if request.param == "journal":
+        return str(tmp_path / "study.journal")
+    return request.getfixturevalue("postgres_url")
+
+
+def states(study) -> dict[str, int]:
+    result: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        result[trial.state.name] = result.get(trial.state.name, 0) + 1
+    return result
+
+
+def test_two_workers_reach_exactly_the_target(storage_url, tmp_path):
+    study_file = write_tiny_study(tmp_path / "studies", trials=4)
+    code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url))
+    assert code == 0, output
+    study = load(storage_url)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == 4
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert len({t.user_attrs["worker_pid"] for t in complete}) == 2  # two distinct worker processes
+    assert all(t.intermediate_values for t in complete)  # the learning curve was reported
+    assert all("per_class_iou" in t.user_attrs and "model_artifact" in t.user_attrs for t in complete)
+    assert "best validation IoU" in output
+    # The trials' models were stored next to the study file.
+    assert any((tmp_path / "studies" / "artifacts").iterdir())
+
+
+def _running_trial_with_a_step(storage_url):
+    """a RUNNING trial that has reported an intermediate IoU"""
+    try:
+        study = load(storage_url)
+    except KeyError:  # the launcher has not created the study yet
+        return None
+    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values and "worker_pid" in t.user_attrs]
+    return running[0] if running else None
+
+
+def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_path):
+    study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
+    launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
+    victim = wait_for(lambda: _running_trial_with_a_step(storage_url), timeout=180)
+    os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    code, output = finish(launch)
+    assert code == 0, output
+    study = load(storage_url)
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert "SIGKILL" in killed.user_attrs["fail_reason"]
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 3
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def test_ctrl_c_stops_workers_and_the_next_launch_resumes(storage_url, tmp_path):
+    study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
+    launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
+    running = wait_for(lambda: _running_trial_with_a_step(storage_url), timeout=180)
+    workers = {t.user_attrs["worker_pid"] for t in load(storage_url).get_trials(deepcopy=False) if "worker_pid" in t.user_attrs}
+    started = time.monotonic()
+    launch.send_signal(signal.SIGINT)
+    code, output = finish(launch, timeout=30)
+    assert time.monotonic() - started < 10
+    assert code == 130, output
+    assert not any(pid_alive(pid) for pid in workers)
+    study = load(storage_url)
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert study.trials[running.number].state == TrialState.FAIL
+    assert study.trials[running.number].user_attrs["fail_reason"] == "interrupted"
+
+    code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url))
+    assert code == 0, output
+    study = load(storage_url)
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 3
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # The interrupted trial was re-run with the same hyperparameters.
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == running.number]
+    assert retried and retried[0].params == running.params
