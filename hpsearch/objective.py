@@ -84,8 +84,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, self.worker)
         trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
-        self._refuse_surplus(trial)
         try:
+            self._refuse_surplus(trial)
             return self._run(trial)
         except KeyboardInterrupt:
             trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")

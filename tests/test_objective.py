@@ -1,0 +1,61 @@
+"""The objective in-process: reports, user attributes, stored model, NaN and surplus trials."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.config import load_study
+from hpsearch.objective import Objective
+from hpsearch.worker import load_data
+
+from searchutil import write_tiny_study
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    config = load_study(write_tiny_study(tmp_path_factory.mktemp("studies"), trials=2))
+    return config, load_data(config)
+
+
+def test_a_trial_reports_its_curve_attributes_and_model(tiny, tmp_path):
+    config, data = tiny
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))
+    study = optuna.create_study(direction="maximize", sampler=config.make_sampler())
+    study.optimize(Objective(config, data, worker="host/w0", artifact_store=store), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [3, 6]
+    assert trial.value == trial.intermediate_values[6]  # the IoU after the last step
+    assert trial.params == {"learning rate": 3.0e-3, "channels in first conv layer": 2}  # the start point
+    attrs = trial.user_attrs
+    assert attrs["worker"] == "host/w0" and attrs["train_seconds"] > 0
+    assert set(attrs["per_class_iou"]) == {"left ventricle"}
+    path = tmp_path / attrs["model_artifact"]
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == ["model.keras", "params.yaml", "run.json"]
+
+
+def test_a_nan_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(tiny):
+    config, data = tiny
+    poisoned = dataclasses.replace(data.train[0], image=np.full_like(data.train[0].image, np.nan))
+    broken = dataclasses.replace(data, train=[poisoned])
+    study = optuna.create_study(direction="maximize", sampler=config.make_sampler())
+    study.optimize(Objective(config, broken, worker="w"), n_trials=2, catch=(Exception,))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert "loss became nan" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_a_trial_beyond_the_target_gives_way(tiny):
+    config, data = tiny
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    study.optimize(Objective(config, data, worker="w", target=1), n_trials=1, catch=(Exception,))
+    surplus = study.trials[1]
+    assert surplus.state == TrialState.FAIL
+    assert surplus.user_attrs["fail_reason"].startswith("SurplusTrial")
