@@ -371,6 +371,78 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- dashboard, export, report
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the study storage; read-only unless --allow-writes (see hpsearch.dashboard)."""
+    import optuna
+
+    from hpsearch.dashboard import artifact_store, make_dashboard_server, serve, url_of, warn_if_exposed
+    from hpsearch.export import check_storage_exists
+    from hpsearch.storage import describe, resolve_storage_url
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number; give one in 1-65535 (0 picks a free one).")
+    if args.study is not None or DEFAULT_STUDY.is_file():
+        study_argument(args)
+    else:
+        args.study_file = None  # no study file here: serve whatever the storage holds
+    check_storage_exists(resolve_storage_url(args.storage, default_journal=study_paths(args.study_file)["journal"]))
+    url, storage = open_study_storage(args, args.study_file)
+    folder = Path(args.artifacts) if args.artifacts else study_paths(args.study_file)["artifacts"]
+    store = artifact_store(folder)
+    name = None
+    if args.study is not None:
+        name = resolve_study(args, storage).name if args.study_file is not None else args.study
+    server = make_dashboard_server(storage, host=args.host, port=args.port, artifacts=store, allow_writes=args.allow_writes)
+    page = "/dashboard"
+    if name is not None:
+        try:
+            page = f"/dashboard/studies/{storage.get_study_id_from_name(name)}"
+        except KeyError:
+            studies = ", ".join(repr(s.study_name) for s in optuna.get_all_study_summaries(storage)) or "none yet"
+            print(f"hpsearch: note: no study named {name!r} in the storage yet (studies: {studies}); the dashboard lists what is there.", file=sys.stderr)
+    print(f"dashboard of {describe(url)} at {url_of(server, args.host, page)}", flush=True)
+    if store is None:
+        print(f"hpsearch: note: no artifact folder {folder}, so trial models cannot be downloaded; pass --artifacts DIR.", file=sys.stderr)
+    print(f"{'read-write' if args.allow_writes else 'read-only'}; Ctrl-C stops it.", flush=True)
+    warn_if_exposed(args.host, server.server_address[1], args.allow_writes)
+    return serve(server)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpsearch.export import check_storage_exists, exported_trial, find_study, study_definition, to_markdown, to_yaml, write_output
+    from hpsearch.storage import describe, resolve_storage_url
+
+    study_argument(args)
+    check_storage_exists(resolve_storage_url(args.storage, default_journal=study_paths(args.study_file)["journal"]))
+    url, storage = open_study_storage(args, args.study_file)
+    file_config = resolve_study(args, storage) if args.study_file is not None else None
+    study = find_study(storage, file_config.name if file_config else args.study, url)
+    exported = exported_trial(study, study_definition(study, file_config), source=describe(url))
+    write_output(to_markdown(exported) if args.format == "markdown" else to_yaml(exported), args.output)
+    if args.output not in (None, "-"):
+        print(f"wrote trial {exported.trial} of study {exported.study!r} (validation IoU {exported.iou:.4f}) to {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpsearch.export import check_storage_exists, find_study, study_definition, write_atomically
+    from hpsearch.report import render_report
+    from hpsearch.storage import describe, resolve_storage_url
+
+    study_argument(args)
+    check_storage_exists(resolve_storage_url(args.storage, default_journal=study_paths(args.study_file)["journal"]))
+    url, storage = open_study_storage(args, args.study_file)
+    file_config = resolve_study(args, storage) if args.study_file is not None else None
+    study = find_study(storage, file_config.name if file_config else args.study, url)
+    text = render_report(study, study_definition(study, file_config), storage_text=describe(url))
+    write_atomically(Path(args.output), text)
+    print(f"wrote the report of study {study.study_name!r} ({len(study.get_trials(deepcopy=False))} trials) to {args.output}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser, main
 
 
@@ -435,6 +507,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--study", help=f"study YAML file or study name (default: {DEFAULT_STUDY})")
     status.add_argument("--storage", help="Optuna storage URL or journal file (default: $HPSEARCH_STORAGE, else studies/hpsearch.journal)")
     status.set_defaults(handler=cmd_status)
+
+    dashboard = commands.add_parser("dashboard", help="watch the study in optuna-dashboard (read-only, 127.0.0.1 by default)")
+    dashboard.add_argument("--study", help=f"study YAML file or study name (default: {DEFAULT_STUDY}, if it exists)")
+    dashboard.add_argument("--storage", help="Optuna storage URL or journal file (default: $HPSEARCH_STORAGE, else studies/hpsearch.journal)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    dashboard.add_argument("--artifacts", help="folder of the trial model store (default: studies/artifacts beside the study file)")
+    dashboard.add_argument("--allow-writes", action="store_true", help="let the dashboard change the study (notes, finishing trials, deleting studies); off so it cannot disturb workers")
+    dashboard.set_defaults(handler=cmd_dashboard)
+
+    export = commands.add_parser("export", help="the best COMPLETE trial as a Table-1 YAML file for 'hpsearch train --params'")
+    export.add_argument("--study", help=f"study YAML file or study name (default: {DEFAULT_STUDY})")
+    export.add_argument("--storage", help="Optuna storage URL or journal file (default: $HPSEARCH_STORAGE, else studies/hpsearch.journal)")
+    export.add_argument("-o", "--output", help="file to write (written atomically; default: print to stdout)")
+    export.add_argument("--format", choices=("yaml", "markdown"), default="yaml", help="yaml (the --params file, default) or a markdown table")
+    export.set_defaults(handler=cmd_export)
+
+    report = commands.add_parser("report", help="one self-contained HTML page of plots about the study")
+    report.add_argument("--study", help=f"study YAML file or study name (default: {DEFAULT_STUDY})")
+    report.add_argument("--storage", help="Optuna storage URL or journal file (default: $HPSEARCH_STORAGE, else studies/hpsearch.journal)")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 
