@@ -256,6 +256,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers {args.workers} must be at least 1.")
     study_argument(args)
     config = load_study(args.study_file)
+    if args.deterministic:
+        import dataclasses
+
+        config = dataclasses.replace(config, deterministic=True)
     target = args.trials or config.trials
     gpus = choose_gpus(args.gpus, args.workers)
     threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
@@ -324,7 +328,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         stored_target = optuna.load_study(study_name=config.name, storage=storage).user_attrs.get(TARGET_ATTR)
     except KeyError:
-        raise UsageError(f"there is no study named {config.name!r} in {mask_password(url)}; start it with 'hpsearch launch'.") from None
+        if args.study_file is None:
+            raise UsageError(f"there is no study named {config.name!r} in {mask_password(url)}; start it with 'hpsearch launch'.") from None
+        # A worker given the study file may be the first to arrive: it creates the study.
+        from hpsearch.launcher import prepare_study
+
+        stored_target = prepare_study(config, storage, target=args.trials or config.trials).user_attrs[TARGET_ATTR]
     target = args.trials or stored_target or config.trials
     artifacts = args.artifacts or study_paths(args.study_file)["artifacts"]
     import optuna.artifacts
@@ -489,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--storage", help="Optuna storage URL (postgresql+psycopg2://...) or journal file; default: $HPSEARCH_STORAGE, else studies/hpsearch.journal")
     launch.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the study file's 'trials')")
     launch.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
+    launch.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops: a seeded 1-worker search repeats trial by trial (slower)")
     launch.set_defaults(handler=cmd_launch)
 
     worker = commands.add_parser("worker", help="join a running study from this machine (one worker process)")

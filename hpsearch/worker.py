@@ -159,8 +159,8 @@ def ensure_dataset(config: StudyConfig, progress=None) -> bool:
 
     try:
         write_dataset(config.data_path, **config.synth, progress=progress)
-    except InputError:
-        # Another process wrote it meanwhile (the folder appeared): use theirs.
+    except (InputError, OSError):
+        # Another process wrote it meanwhile (the folder appeared, or our rename lost): use theirs.
         if not (config.data_path / "dataset.json").is_file():
             raise
         return False
