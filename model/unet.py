@@ -47,6 +47,7 @@ def build_unet(
     keep_prob: float = 0.85,
     l2: float = 3.0e-4,
     block: str = "factorized",
+    spatial_shape: tuple[int, int, int] | None = None,
     name: str = "unet",
 ) -> keras.Model:
     """Build the paper's U-Net.
@@ -59,6 +60,7 @@ def build_unet(
         keep_prob: dropout keep probability after every convolution and before the output layer.
         l2: L2 weight on every convolution kernel (Keras's L2: weight · Σ w²).
         block: "factorized" (the paper's plane-wise block) or "full" (3×3×3 kernels).
+        spatial_shape: fix the input size (X, Y, Z); None (default) accepts any size.
 
     Returns:
         An uncompiled `keras.Model` mapping (B, X, Y, Z, in_channels) to softmax
@@ -75,7 +77,7 @@ def build_unet(
     dropout = 1.0 - keep_prob
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
 
-    inputs = keras.Input(shape=(None, None, None, in_channels), name="image")
+    inputs = keras.Input(shape=(*(spatial_shape or (None, None, None)), in_channels), name="image")
     x = inputs
     skips = []
     for level in range(depth):

@@ -1,0 +1,118 @@
+"""Training-step efficiency of the paper's U-Net, the factorized block against the full 3×3×3 block, and
+whole-volume inference.
+
+Efficiency = model FLOP/s of one training step (convolution FLOPs counted from the layer shapes;
+forward + backward ≈ 3 × forward) ÷ the FLOP/s of a large float32 matrix product in the same
+process. Everything is measured side by side in one run, so the ratios hold on a noisy machine.
+
+    python benchmarks/train_step.py [--channels 30] [--batch 2] [--steps 10] [--patches 64x64x16,128x128x16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from model.inference import predict_labels  # noqa: E402
+from model.losses import get_loss  # noqa: E402
+from model.params import Hyperparameters  # noqa: E402
+from model.train import make_optimizer  # noqa: E402
+from model.unet import build_unet  # noqa: E402
+
+
+def conv_flops(model: keras.Model) -> float:
+    """Forward FLOPs (2 × multiply-adds) of all convolutions of a model built with a fixed spatial shape, per sample."""
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv3DTranspose):
+            voxels = np.prod(layer.input.shape[1:4])  # a 1×1×1 kernel touches each input voxel once
+        elif isinstance(layer, keras.layers.Conv3D):
+            voxels = np.prod(layer.output.shape[1:4])
+        else:
+            continue
+        total += 2.0 * voxels * np.prod(layer.kernel_size) * layer.input.shape[-1] * layer.filters
+    return float(total)
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a float32 size×size matrix product (the machine's practical peak)."""
+    a = keras.random.normal((size, size))
+    b = keras.random.normal((size, size))
+    # Reading back a scalar waits for the product without timing a copy of the whole matrix.
+    ops.convert_to_numpy(ops.sum(ops.matmul(a, b)))  # warm up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        ops.convert_to_numpy(ops.sum(ops.matmul(a, b)))
+        times.append(time.perf_counter() - started)
+    return 2.0 * size**3 / statistics.median(times)
+
+
+def step_seconds(block: str, patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> tuple[float, float]:
+    """(median seconds per training step, forward FLOPs per batch) for one network."""
+    params = Hyperparameters(channels=channels)
+    model = build_unet(channels=channels, block=block, spatial_shape=patch, keep_prob=params.keep_prob, l2=params.l2)
+    model.compile(optimizer=make_optimizer(params, "global"), loss=get_loss("joint"), jit_compile="auto")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]
+    for _ in range(3):  # tracing and warm-up
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), conv_flops(model) * batch
+
+
+def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: int = 3) -> float:
+    model = build_unet(channels=channels)
+    image = np.random.default_rng(0).normal(size=(*shape, 1)).astype(np.float32)
+    predict_labels(model, image, depth=3)  # warm up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predict_labels(model, image, depth=3)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--patches", default="64x64x16,128x128x16")
+    parser.add_argument("--inference", default="256x256x16", help="volume for the inference timing ('' to skip)")
+    parser.add_argument("--matmul-size", type=int, default=2048, help="size of the reference matrix product (use 8192 on a GPU)")
+    args = parser.parse_args()
+    patches = [tuple(int(v) for v in p.split("x")) for p in args.patches.split(",")]
+    peak = matmul_flops_per_second(args.matmul_size)
+    print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; float32 {args.matmul_size}² matmul {peak / 1e9:.1f} GFLOP/s")
+    print("| patch | block | step (s) | model GFLOP/s | efficiency | factorized/full time |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for patch in patches:
+        results = {}
+        for block in ("factorized", "full"):
+            seconds, flops = step_seconds(block, patch, channels=args.channels, batch=args.batch, steps=args.steps)
+            results[block] = seconds
+            rate = 3 * flops / seconds
+            ratio = f"{results['factorized'] / seconds:.2f}" if block == "full" else ""
+            print(f"| {'x'.join(map(str, patch))} | {block} | {seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {ratio} |", flush=True)
+    if args.inference:
+        shape = tuple(int(v) for v in args.inference.split("x"))
+        print(f"whole-volume inference of {args.inference}, {args.channels} channels: {inference_seconds(shape, channels=args.channels):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
