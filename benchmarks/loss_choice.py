@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--shape", default="96x96x12")
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--losses", default="joint,per_class", help="comma-separated losses to compare")
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split("x"))
     with tempfile.TemporaryDirectory() as folder:
@@ -43,7 +44,7 @@ def main() -> None:
         data = load_train_data(dataset, split)
         params = Hyperparameters(channels=args.channels, learning_rate=args.learning_rate)
         rows = {}
-        for loss in ("joint", "per_class"):
+        for loss in args.losses.split(","):
             for seed in range(args.seeds):
                 config = TrainConfig(steps=args.steps, eval_every=max(args.steps // 4, 1), patch_shape=(32, 32, 16), loss=loss, seed=seed)
                 started = time.perf_counter()

@@ -96,6 +96,13 @@ def test_per_class_loss_against_a_hand_computed_value():
     assert float(per_class_iou_loss(Y, P)) == pytest.approx(expected, abs=1e-6)
 
 
+def test_per_class_loss_leaves_out_classes_absent_from_the_batch():
+    only_a = Y.copy()
+    only_a[0, 1, 0, 0] = [1, 0, 0]  # voxel 1 becomes background: class B is absent
+    # Class A alone: I = 0.7, U = 1 + 1.0 − 0.7 = 1.3; B's predictions (0.1, 0.6) are not averaged in.
+    assert float(per_class_iou_loss(only_a, P)) == pytest.approx(1 - 0.7 / 1.3, abs=1e-6)
+
+
 def test_losses_are_zero_for_a_perfect_prediction_and_finite_when_empty():
     assert float(joint_iou_loss(Y, Y)) == pytest.approx(0.0, abs=1e-6)
     assert float(per_class_iou_loss(Y, Y)) == pytest.approx(0.0, abs=1e-6)
