@@ -27,9 +27,9 @@ def per_class_iou_loss(y_true, y_pred):
     """1 − the mean soft IoU of the foreground classes present in the batch (sums over voxels and batch).
 
     A class absent from the batch's labels is left out of the mean: its IoU could only be
-    raised by predicting none of it anywhere, and averaging that in taught the network to stop
-    predicting rare classes (measured: see the README). A batch with no foreground at all
-    averages every class, which pushes all foreground predictions down.
+    raised by predicting none of it anywhere, which would pull every block that misses a small
+    class towards never predicting it. A batch with no foreground at all averages every class,
+    which pushes all foreground predictions down.
     """
     y_true = ops.cast(y_true[..., 1:], "float32")
     y_pred = ops.cast(y_pred[..., 1:], "float32")
