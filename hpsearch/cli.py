@@ -1,6 +1,7 @@
 """The `hpsearch` command line: thin command functions over importable logic.
 
-Every user mistake is one sentence on stderr and exit code 2; a failure is exit code 1; no
+Every user mistake is one sentence on stderr and exit code 2; a failure (training diverged, the
+study storage gone for longer than hpsearch.storage.RECONNECT_SECONDS) is exit code 1; no
 traceback is shown for either (set HPSEARCH_DEBUG=1 to see one).
 """
 
@@ -203,6 +204,21 @@ def study_paths(study_file: Path | None) -> dict[str, Path]:
     return {"journal": base / "hpsearch.journal", "artifacts": base / "artifacts", "logs": base / "logs"}
 
 
+def writable_folder(folder: Path, what: str, fix: str) -> Path:
+    """Create `folder` if needed and check that a file can be written in it; UsageError naming it otherwise."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, but hpsearch keeps {what} in a folder there; {fix}.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write {what} in {folder} ({error.strerror or error}); {fix}.") from None
+    return folder
+
+
 def open_study_storage(args: argparse.Namespace, study_file: Path | None):
     """(url, storage) from --storage, $HPSEARCH_STORAGE, or the embedded journal file."""
     from hpsearch.storage import open_storage, resolve_storage_url
@@ -255,6 +271,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers} must be at least 1.")
     study_argument(args)
+    if args.study_file is None:
+        raise UsageError(
+            f"--study {args.study!r} is not a study file; 'hpsearch launch' needs a study YAML file "
+            f"(to join a study already in the storage by name, use 'hpsearch worker --study {args.study}')."
+        )
     config = load_study(args.study_file)
     if args.deterministic:
         import dataclasses
@@ -263,6 +284,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     target = args.trials or config.trials
     gpus = choose_gpus(args.gpus, args.workers)
     threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
+    paths = study_paths(args.study_file)
+    fix = f"move it away, or put the study file {args.study_file} in another folder"
+    writable_folder(paths["artifacts"], "trial models", fix)
+    writable_folder(paths["logs"] / config.name, "worker logs", fix)
     url, storage = open_study_storage(args, args.study_file)
     if config.synth is not None and not config.data_path.exists():
         with bar(f"writing synthetic data to {config.data_path}", total=config.synth["cases"]) as advance:
@@ -274,7 +299,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if complete >= target:
         print(f"the study already holds {complete} complete trials; raise --trials to search further.")
         return 0
-    paths = study_paths(args.study_file)
     default_journal = study_paths(None)["journal"]
     dashboard = "hpsearch dashboard" if url == str(default_journal) else f"hpsearch dashboard --storage '{shown}'"
     launcher = Launcher(
@@ -335,11 +359,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         stored_target = prepare_study(config, storage, target=args.trials or config.trials).user_attrs[TARGET_ATTR]
     target = args.trials or stored_target or config.trials
-    artifacts = args.artifacts or study_paths(args.study_file)["artifacts"]
+    artifacts = Path(args.artifacts or study_paths(args.study_file)["artifacts"])
+    writable_folder(artifacts, "trial models", "pass --artifacts DIR to name a writable folder")
     import optuna.artifacts
 
-    store = optuna.artifacts.FileSystemArtifactStore(str(Path(artifacts).resolve()))
-    Path(artifacts).mkdir(parents=True, exist_ok=True)
+    store = optuna.artifacts.FileSystemArtifactStore(str(artifacts.resolve()))
     return run_worker(
         config, storage, index=args.index, target=target, threads=args.threads,
         artifact_store=store, status_path=args.status_file,
@@ -549,6 +573,13 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    import optuna
+    import sqlalchemy.exc
+
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code."""
     args = build_parser().parse_args(argv)
@@ -562,6 +593,14 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(error, "exit_code", 2)
     except TrainingDiverged as error:
         print(f"hpsearch: training failed: {error}", file=sys.stderr)
+        return 1
+    except _storage_errors() as error:
+        if os.environ.get("HPSEARCH_DEBUG"):
+            raise
+        # The database went away for longer than hpsearch.storage.RECONNECT_SECONDS.
+        cause = error.__cause__ or error
+        detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        print(f"hpsearch: the study storage failed ({detail}); check that the database is up, then run the command again.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("hpsearch: interrupted", file=sys.stderr)

@@ -27,7 +27,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 
 from model.config import TrainConfig
 from model.errors import InputError
-from model.params import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters
+from model.params import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, refused_yaml_tag
 from hpsearch._sampler import NeighborhoodSampler
 from hpsearch.errors import UsageError
 
@@ -187,6 +187,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"{where} cannot be read ({error}); check its permissions and encoding.") from None
     except yaml.YAMLError as error:
+        refused = refused_yaml_tag(error)
+        if refused:
+            raise UsageError(f"{where} {refused}.") from None
         detail = " ".join(str(error).split())
         raise UsageError(f"{where} is not valid YAML ({detail}); fix the syntax at that line.") from None
     if not isinstance(document, dict):

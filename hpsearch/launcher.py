@@ -4,7 +4,8 @@ The launcher never imports TensorFlow. It restarts a worker that dies (bounded),
 dead worker's running trial FAIL with the reason and enqueues a retry with the same
 hyperparameters. On Ctrl-C or SIGTERM it stops the workers within seconds and marks their
 running trials FAIL ("interrupted"), re-queued for the next `launch`. No trial is left RUNNING
-by a launcher that has exited.
+by a launcher that has exited. A worker that refuses its input (exit code 2: the dataset, the
+trial model folder ...) is not restarted; its own error sentence becomes the launcher's.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class WorkerSlot:
     restarts: int = 0
     finished: bool = False  # exited 0: the study reached its target
     gave_up: str | None = None  # why this slot is no longer restarted
+    bad_input: bool = False  # it exited with code 2: gave_up is its error sentence
 
     def status(self) -> dict:
         try:
@@ -142,7 +144,8 @@ class Launcher:
         failed = self._fail_trials_of(pid, f"worker w{slot.index} {how}")
         self.events.append(f"worker w{slot.index} (pid {pid}) {how}" + (f"; trial {failed} marked FAIL and re-queued" if failed else ""))
         if code == 2:
-            slot.gave_up = f"bad input (see {slot.log_path})"
+            slot.bad_input = True
+            slot.gave_up = last_error(slot.log_path) or f"bad input (see {slot.log_path})"
         elif slot.restarts >= MAX_RESTARTS:
             slot.gave_up = f"died {slot.restarts + 1} times (see {slot.log_path})"
         elif self._stopping is None:
@@ -163,21 +166,27 @@ class Launcher:
     def stop(self, reason: str) -> None:
         """Stop every worker: SIGTERM, then SIGKILL after a grace period; fail and re-queue their trials."""
         self._stopping = reason
+        for pid in self._end_workers():
+            # A worker killed mid-trial could not record its end; do it here.
+            self._fail_trials_of(pid, reason)
+        self._requeue_interrupted()
+
+    def _end_workers(self) -> list[int]:
+        """SIGTERM every running worker, SIGKILL those still there after the grace period; their pids."""
         alive = [slot for slot in self.slots if slot.process is not None]
         for slot in alive:
             _signal(slot.process, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
+        pids = []
         for slot in alive:
             try:
                 slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal(slot.process, signal.SIGKILL)
                 slot.process.wait()
-            pid = slot.process.pid
+            pids.append(slot.process.pid)
             slot.process = None
-            # A worker killed mid-trial could not record its end; do it here.
-            self._fail_trials_of(pid, reason)
-        self._requeue_interrupted()
+        return pids
 
     def _requeue_interrupted(self) -> None:
         """Trials our workers ended as 'interrupted' themselves are re-queued once, for the next launch."""
@@ -220,6 +229,10 @@ class Launcher:
             if display is not None:
                 display(self)
             return 130
+        except BaseException:
+            # Anything else (the study storage gone for good, a bug): leave no worker behind.
+            self._end_workers()
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -227,6 +240,9 @@ class Launcher:
         complete, _ = counts(study)
         if complete >= self.target:
             return 0
+        refused = [s for s in self.slots if s.bad_input]
+        if refused:  # the worker's own sentence names the value and the fix
+            raise UsageError(f"worker w{refused[0].index} refused its input: {refused[0].gave_up} (log: {refused[0].log_path})")
         reasons = "; ".join(f"w{s.index}: {s.gave_up}" for s in self.slots if s.gave_up)
         raise HpsearchError(f"the workers stopped with {complete} of {self.target} complete trials ({reasons}).")
 
@@ -237,6 +253,17 @@ class Launcher:
             self._status_dir.rmdir()
         except OSError:
             pass
+
+
+def last_error(log_path: Path) -> str | None:
+    """The last 'hpsearch: error:' sentence a worker wrote to its log, without the prefix."""
+    prefix = "hpsearch: error: "
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line[len(prefix):].strip() for line in lines if line.startswith(prefix)]
+    return errors[-1] if errors else None
 
 
 def _signal(process: subprocess.Popen, sig: int) -> None:

@@ -10,24 +10,34 @@ What Optuna 5.0 does about dead workers, which this module builds on:
   every `heartbeat_interval` seconds while a trial runs, and at the start of every trial it
   calls `optuna.storages.fail_stale_trials`, which sets RUNNING trials whose last heartbeat is
   older than `grace_period` to FAIL and passes each one to `heartbeat_stale_trial_callback`
-  (here `RetryHeartbeatStaleTrialCallback`, which enqueues a WAITING copy with the same params).
+  (here `RetryStaleTrialCallback`, which enqueues a WAITING copy with the same params).
   `Study.ask`/`tell` neither record heartbeats nor fail stale trials, and a RUNNING trial that
-  never recorded a heartbeat is never stale.
+  never recorded a heartbeat is never stale. Optuna records no reason; `fail_stale_trials` here
+  writes one first. The interval and grace period come from $HPSEARCH_HEARTBEAT_INTERVAL and
+  $HPSEARCH_HEARTBEAT_GRACE (`heartbeat_settings`).
 * JournalStorage (5.0) has no heartbeats: a dead worker's trial stays RUNNING until someone
   calls `mark_running_trials_failed`.
+* RDBStorage turns every database error, a dropped connection included, into
+  `StorageInternalError` at once; its heartbeat thread dies on the first one. A database restart
+  would fail the trials that happened to write at that moment. `ReconnectingRDBStorage` retries
+  such calls until the database is back (up to `RECONNECT_SECONDS`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
+import time
 import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
@@ -37,8 +47,20 @@ from hpsearch.errors import UsageError
 DEFAULT_ENV = "HPSEARCH_STORAGE"
 """The environment variable that names the storage when `--storage` is absent."""
 
+HEARTBEAT_INTERVAL_ENV = "HPSEARCH_HEARTBEAT_INTERVAL"
+HEARTBEAT_GRACE_ENV = "HPSEARCH_HEARTBEAT_GRACE"
+DEFAULT_HEARTBEAT_INTERVAL = 60
+"""Seconds between a running trial's heartbeats; the grace period defaults to three intervals."""
+FROM_ENVIRONMENT = "environment"
+"""open_storage's default for the heartbeat settings: $HPSEARCH_HEARTBEAT_INTERVAL / _GRACE, else 60 s / 3 intervals."""
+
+RECONNECT_SECONDS = 120.0
+"""How long a call on a database storage waits for a dropped connection to come back (a restart, a fail-over)."""
+
 FAIL_REASON_ATTR = "fail_reason"
 RETRY_OF_ATTR = "retry_of"
+PARENT_ATTR = "parent_trial"  # the search's lineage (NeighborhoodSampler); a retry keeps it
+WORKER_ATTR = "worker"  # who ran a trial (set by the objective)
 
 _FIX = f"fix --storage or ${DEFAULT_ENV}"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -107,18 +129,48 @@ def describe(url: str) -> str:
     return f"{_NAMES.get(backend, backend)} study storage at {_host_port(parsed)}/{parsed.database or ''}"
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace period) in seconds from $HPSEARCH_HEARTBEAT_INTERVAL and $HPSEARCH_HEARTBEAT_GRACE.
+
+    The interval defaults to 60 s and the grace period to three intervals. Raises UsageError for
+    a value that is not a whole number of seconds >= 1, or a grace period shorter than the interval.
+    """
+    interval = _seconds_from_env(HEARTBEAT_INTERVAL_ENV, DEFAULT_HEARTBEAT_INTERVAL)
+    grace = _seconds_from_env(HEARTBEAT_GRACE_ENV, 3 * interval)
+    if grace < interval:
+        raise UsageError(
+            f"${HEARTBEAT_GRACE_ENV}={grace} is shorter than ${HEARTBEAT_INTERVAL_ENV}={interval}, so live trials "
+            f"would be failed between two heartbeats; set the grace period to at least {interval} (e.g. {3 * interval})."
+        )
+    return interval, grace
+
+
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"${name}={text!r} is not a whole number of seconds >= 1; set it to e.g. {default}, or unset it.")
+    return value
+
+
 def open_storage(
     url: str,
     *,
-    heartbeat_interval: int | None = 60,
-    grace_period: int | None = 180,
+    heartbeat_interval: int | None | str = FROM_ENVIRONMENT,
+    grace_period: int | None | str = FROM_ENVIRONMENT,
     retries: int = 3,
 ) -> BaseStorage:
     """Open (and, for a database, connect to) the storage `url` names.
 
-    A `scheme://` URL opens an RDBStorage with `pool_pre_ping`, heartbeats every
+    A `scheme://` URL opens a `ReconnectingRDBStorage` with `pool_pre_ping`, heartbeats every
     `heartbeat_interval` s (None: off) so a dead worker's trial FAILs `grace_period` s after its
-    last heartbeat, and up to `retries` re-runs of such a trial with the same params.
+    last heartbeat, and up to `retries` re-runs of such a trial with the same params. Both
+    default to `heartbeat_settings()` ($HPSEARCH_HEARTBEAT_INTERVAL, $HPSEARCH_HEARTBEAT_GRACE).
     SQLite (`sqlite:///path`) is for one process only: concurrent writers get "database is
     locked" errors, and on NFS its locking is unreliable; use the journal file or PostgreSQL.
 
@@ -128,6 +180,12 @@ def open_storage(
 
     Raises UsageError with one sentence naming the storage (password masked) and the fix.
     """
+    if FROM_ENVIRONMENT in (heartbeat_interval, grace_period):
+        interval_default, grace_default = heartbeat_settings()
+        if heartbeat_interval == FROM_ENVIRONMENT:
+            heartbeat_interval = interval_default
+        if grace_period == FROM_ENVIRONMENT:
+            grace_period = grace_default
     if heartbeat_interval is not None and heartbeat_interval < 1:
         raise UsageError(f"heartbeat interval must be at least 1 second, not {heartbeat_interval}")
     if grace_period is not None and grace_period < 1:
@@ -140,15 +198,25 @@ def open_storage(
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail the study's trials whose heartbeat stopped; returns their numbers.
+    """Fail the study's trials whose heartbeat stopped, each with its `fail_reason`; returns their numbers.
 
-    `Study.optimize` already does this before each trial; call it where no optimize loop runs
-    (a launcher or a status command). The storage's retry callback enqueues their re-runs.
-    A no-op on storages without heartbeats (journal files).
+    `Study.optimize` already does this before each trial, but without a reason; call this first
+    (a worker does before each trial, and while it waits). The storage's retry callback enqueues
+    their re-runs. A no-op on storages without heartbeats (journal files).
     """
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
+        return []
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return []
+    # Optuna fails a stale trial without saying why, and a finished trial takes no attrs: say it first.
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        worker = storage.get_trial(trial_id).user_attrs.get(WORKER_ATTR, "its worker")
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, f"no heartbeat from {worker}: the worker died or lost the study storage")
+        except UpdateFinishedTrialError:
+            pass  # another process failed it meanwhile
     with warnings.catch_warnings():
         # fail_stale_trials is experimental in 5.0: the warning would only clutter output.
         warnings.simplefilter("ignore", ExperimentalWarning)
@@ -195,9 +263,83 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     Only the search's lineage (`parent_trial`) is carried over: what the failed run measured or
     which worker ran it belongs to that run alone.
     """
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k == "parent_trial"}
+    study.enqueue_trial(trial.params, user_attrs=_retry_user_attrs(trial), skip_if_exists=False)
+
+
+def _retry_user_attrs(trial: FrozenTrial) -> dict:
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k == PARENT_ATTR}
     user_attrs[RETRY_OF_ATTR] = trial.number
-    study.enqueue_trial(trial.params, user_attrs=user_attrs, skip_if_exists=False)
+    return user_attrs
+
+
+class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
+    """Optuna's re-run of a heartbeat-stale trial (same params, at most `max_retry` times), with
+    the user attrs of `retry_trial`: the failed run's worker, reason and measurements stay with it."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial.user_attrs = _retry_user_attrs(trial)  # a copy Optuna made for this call
+        super().__call__(study, trial)
+
+
+class ReconnectingRDBStorage(RDBStorage):
+    """An RDBStorage whose calls ride out a lost database connection.
+
+    A call that fails because the connection dropped (the server restarted, a fail-over, an
+    administrator ended the session) is repeated, with pauses of 0.5 s growing to 5 s, for up to
+    `RECONNECT_SECONDS`; `pool_pre_ping` then hands it a fresh connection. Meanwhile the worker
+    waits instead of failing its trial, and the heartbeat thread keeps running. Other errors are
+    raised at once. The calls repeated are reads and writes that can be repeated (attributes,
+    values and heartbeats overwrite; a trial is created in one transaction), so a repeat does
+    not change the study, except in one case: a connection lost after the database committed a
+    new trial but before the answer arrived leaves that trial RUNNING with no worker.
+    """
+
+
+# RDBStorage's methods that each run one database transaction (the ones _CachedStorage calls too).
+_TRANSACTION_METHODS = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param", "get_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_user_attrs", "get_trial_system_attrs", "get_trial_id_from_study_id_trial_number", "get_trial",
+    "_get_trials", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether `error` (or the database error under an Optuna StorageInternalError) is a lost or refused connection."""
+    cause = error.__cause__ if isinstance(error, StorageInternalError) else error
+    if not isinstance(cause, sqlalchemy.exc.DBAPIError):
+        return False
+    return cause.connection_invalidated or isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+
+
+def _reconnecting(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        pause = 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (StorageInternalError, sqlalchemy.exc.DBAPIError) as error:
+                if not _connection_lost(error) or time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.5:  # once per outage and call: a worker's log says why it paused
+                    parsed = make_url(self.url)
+                    print(
+                        f"hpsearch: lost the connection to {mask_password(self.url)} ({_detail(parsed, error.__cause__ or error)}); "
+                        f"retrying for up to {RECONNECT_SECONDS:.0f} s",
+                        file=sys.stderr, flush=True,
+                    )
+            time.sleep(pause)
+            pause = min(2 * pause, 5.0)
+
+    return call
+
+
+for _name in _TRANSACTION_METHODS:
+    setattr(ReconnectingRDBStorage, _name, _reconnecting(getattr(RDBStorage, _name)))
 
 
 # --- internals ---------------------------------------------------------------------------
@@ -261,9 +403,9 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
     with warnings.catch_warnings():
         # Heartbeats and the retry callback are experimental in 5.0; we rely on them knowingly.
         warnings.simplefilter("ignore", ExperimentalWarning)
-        callback = RetryHeartbeatStaleTrialCallback(max_retry=retries) if heartbeat_interval else None
+        callback = RetryStaleTrialCallback(max_retry=retries) if heartbeat_interval else None
         try:
-            return RDBStorage(
+            return ReconnectingRDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Any
 
 import yaml
@@ -123,6 +124,9 @@ def load_params(path: str | os.PathLike) -> Hyperparameters:
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"params file {os.fspath(path)!r} cannot be read: {error}.") from None
     except yaml.YAMLError as error:
+        refused = refused_yaml_tag(error)
+        if refused:
+            raise InputError(f"params file {os.fspath(path)!r} {refused}.") from None
         raise InputError(f"params file {os.fspath(path)!r} is not valid YAML: {error}".rstrip(".") + ".") from None
     if document is None:
         document = {}
@@ -140,6 +144,25 @@ def load_params(path: str | os.PathLike) -> Hyperparameters:
     else:
         values = {key: value for key, value in values.items() if key not in METADATA_KEYS}
     return Hyperparameters.from_table1(values, source=f"params file {os.fspath(path)!r}")
+
+
+def refused_yaml_tag(error: yaml.YAMLError) -> str | None:
+    """The end of a sentence for a tag the safe loader refused (e.g. !!python/object), or None for other errors.
+
+    YAML files are read with yaml.safe_load (or a SafeLoader subclass), which builds plain data
+    only: a `!!python/...` tag, which the full loader would turn into an object or a call, is an
+    error. Saying so is clearer than "invalid syntax".
+    """
+    problem = getattr(error, "problem", None) or ""
+    match = re.search(r"constructor for the tag '([^']*)'", problem)
+    if not isinstance(error, yaml.constructor.ConstructorError) or match is None:
+        return None
+    tag = match.group(1).replace("tag:yaml.org,2002:", "!!")
+    line = f" on line {error.problem_mark.line + 1}" if error.problem_mark is not None else ""
+    return (
+        f"uses the tag {tag}{line}, which hpsearch does not load (YAML is read with the safe loader, so a file "
+        "cannot create Python objects or run code); remove the tag"
+    )
 
 
 def format_number(value: float | int) -> str:

@@ -1,7 +1,8 @@
 """A trained model's folder: `model.keras`, the Table-1 `params.yaml`, and `run.json` (classes, training choices, IoU).
 
 A folder is written under a temporary name and renamed at the end, so a failed write never
-leaves half a model behind.
+leaves half a model behind. Keras loads only in `load_run`, so `hpsearch train` checks its
+input (params, output folder, dataset) before TensorFlow starts.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from model.errors import InputError
 from model.params import Hyperparameters, dump_params, load_params
 from model.config import TrainConfig
-from model.train import TrainResult
+
+if TYPE_CHECKING:
+    import keras
+
+    from model.train import TrainResult
 
 MODEL_FILE = "model.keras"
 PARAMS_FILE = "params.yaml"
@@ -91,12 +95,20 @@ def load_run(path: str | os.PathLike) -> Run:
     for name in (MODEL_FILE, PARAMS_FILE, INFO_FILE):
         if not (path / name).is_file():
             raise InputError(f"{path} is not a model folder (no {name}); give the --out folder of 'hpsearch train'.")
+    import keras
+
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
         config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
         model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except (ValueError, KeyError, TypeError, OSError) as error:
-        raise InputError(f"{path} holds a damaged model ({error}); train it again.") from None
+        if "safe_mode" in str(error):  # Keras refused a layer that would run stored Python code
+            raise InputError(
+                f"{path / MODEL_FILE} holds Python code (a Lambda layer), which hpsearch never runs: models load in "
+                "Keras's safe mode; use a model folder written by 'hpsearch train'."
+            ) from None
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"{path} holds a damaged model ({detail}); train it again.") from None
     return Run(
         model=model,
         params=load_params(path / PARAMS_FILE),

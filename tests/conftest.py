@@ -61,3 +61,15 @@ def synth_dataset(tmp_path_factory) -> Path:
     from model.synth import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("synth") / "data", cases=8, shape=(32, 32, 10), seed=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_stress_search(private_postgres, tmp_path_factory):
+    """One stress search (searchutil.stress_search) on the password-checking server of pg.py.
+
+    Shared by test_concurrency (counts) and test_security (the password appears nowhere).
+    """
+    from searchutil import stress_search
+
+    url = private_postgres.create_database()
+    return {**stress_search(tmp_path_factory.mktemp("stress") / "studies", url), "storage_url": url}

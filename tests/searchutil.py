@@ -14,13 +14,13 @@ import yaml
 from hpsearch.storage import open_storage
 
 
-def write_tiny_study(folder: Path, *, name: str = "tiny", trials: int = 4, steps: int = 6, eval_every: int = 3, seed: int = 0, **extra) -> Path:
-    """A study small enough for tests: 4 synthetic cases of 32×32×8, 2-channel U-Net of depth 2."""
+def write_tiny_study(folder: Path, *, name: str = "tiny", trials: int = 4, steps: int = 6, eval_every: int = 3, seed: int = 0, depth: int = 2, **extra) -> Path:
+    """A study small enough for tests: 4 synthetic cases of 32×32×8, 2-channel U-Net of depth 2 (or `depth`)."""
     folder.mkdir(parents=True, exist_ok=True)
     document = {
         "study": name,
         "data": {"path": "data", "synth": {"cases": 4, "shape": "32x32x8", "seed": 0}, "split": {"seed": 0, "val_fraction": 0.25, "test_fraction": 0.0}},
-        "training": {"steps": steps, "eval_every": eval_every, "patch": "16x16x8", "batch": 2, "depth": 2},
+        "training": {"steps": steps, "eval_every": eval_every, "patch": "16x16x8", "batch": 2, "depth": depth},
         "trials": trials,
         "seed": seed,
         "start": {"channels in first conv layer": 2, "learning rate": 3.0e-3},
@@ -74,3 +74,43 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+STRESS_WORKERS = 8
+STRESS_TRIALS = 16
+
+
+def worker_command_lines() -> list[str]:
+    """The command lines of the hpsearch worker processes running now (as `ps` shows them)."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = " ".join(w.decode(errors="replace") for w in words if w)
+        if "hpsearch.cli worker" in line:
+            lines.append(line)
+    return lines
+
+
+def stress_search(folder: Path, storage_url: str) -> dict:
+    """8 workers, 16 one-step trials of the tiny study at depth 1; the storage URL only in the environment.
+
+    Returns the study file, exit code, output, and the worker command lines seen while it ran.
+    """
+    study_file = write_tiny_study(folder, trials=STRESS_TRIALS, steps=1, eval_every=1, depth=1)
+    started = time.monotonic()
+    launch = hpsearch("launch", "--workers", str(STRESS_WORKERS), "--study", str(study_file), env={"HPSEARCH_STORAGE": storage_url})
+    seen: list[str] = []
+
+    def workers_running():
+        """the worker processes started"""
+        seen[:] = worker_command_lines()
+        return len(seen) >= STRESS_WORKERS or launch.poll() is not None
+
+    wait_for(workers_running, timeout=120)
+    code, output = finish(launch, timeout=400)
+    return {"study_file": study_file, "code": code, "output": output, "argv": seen, "seconds": time.monotonic() - started}

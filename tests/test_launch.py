@@ -54,11 +54,22 @@ def _running_trial_with_a_step(storage_url):
     return running[0] if running else None
 
 
+def _another_running_trial_with_a_step(storage_url, first):
+    """a RUNNING trial with a reported IoU, other than `first` and not run by its (dead) worker"""
+    trial = _running_trial_with_a_step(storage_url)
+    if trial is None or trial.number == first.number or trial.user_attrs["worker_pid"] == first.user_attrs["worker_pid"]:
+        return None
+    return trial
+
+
 def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_path):
+    """Two workers are killed mid-trial, one after the other: both trials FAIL and are re-run."""
     study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
     victim = wait_for(lambda: _running_trial_with_a_step(storage_url), timeout=180)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+    second = wait_for(lambda: _another_running_trial_with_a_step(storage_url, victim), timeout=180)
+    os.kill(second.user_attrs["worker_pid"], signal.SIGKILL)
     code, output = finish(launch)
     assert code == 0, output
     study = load(storage_url)
@@ -69,6 +80,12 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_pat
     assert len(retries) == 1 and retries[0].params == killed.params
     assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 3
     assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # The second kill, too: its trial failed with the reason and was re-run with the same hyperparameters.
+    killed_again = study.trials[second.number]
+    assert killed_again.state == TrialState.FAIL
+    assert "SIGKILL" in killed_again.user_attrs["fail_reason"]
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == second.number]
+    assert len(retries) == 1 and retries[0].params == killed_again.params
 
 
 def test_ctrl_c_stops_workers_and_the_next_launch_resumes(storage_url, tmp_path):

@@ -15,6 +15,9 @@ from optuna.trial import TrialState
 from hpsearch.errors import UsageError
 from hpsearch.storage import (
     DEFAULT_ENV,
+    HEARTBEAT_GRACE_ENV,
+    HEARTBEAT_INTERVAL_ENV,
+    heartbeat_settings,
     _connection_error,
     describe,
     fail_stale_trials,
@@ -137,6 +140,8 @@ def test_trial_of_a_dead_worker_fails_after_grace_and_is_retried(kind, request, 
     assert retry.state == TrialState.WAITING
     assert retry.params == dead.params
     assert retry.system_attrs["failed_trial"] == 0
+    assert dead.user_attrs["fail_reason"].startswith("no heartbeat from ")  # why, for `hpsearch status`
+    assert retry.user_attrs == {"retry_of": 0}  # as the launcher's retries: the dead run's attrs stay with it
 
     # Another worker's optimize picks up the retry with the same params.
     other = optuna.load_study(study_name="s", storage=open_storage(url, heartbeat_interval=1, grace_period=1))
@@ -302,3 +307,89 @@ def test_journal_errors_name_the_file(tmp_path):
 )
 def test_bad_heartbeat_settings(tmp_path, kwargs, words):
     assert words in str(_error(str(tmp_path / "s.journal"), **kwargs))
+
+
+def test_heartbeat_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv(HEARTBEAT_INTERVAL_ENV, raising=False)
+    monkeypatch.delenv(HEARTBEAT_GRACE_ENV, raising=False)
+    assert heartbeat_settings() == (60, 180)
+    monkeypatch.setenv(HEARTBEAT_INTERVAL_ENV, "5")
+    assert heartbeat_settings() == (5, 15)  # the grace period follows: three intervals
+    monkeypatch.setenv(HEARTBEAT_GRACE_ENV, " 7 ")
+    assert heartbeat_settings() == (5, 7)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    assert storage.get_heartbeat_interval() == 5 and storage.grace_period == 7
+    assert open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=None).get_heartbeat_interval() is None
+
+
+@pytest.mark.parametrize(
+    ("interval", "grace", "words"),
+    [
+        ("soon", None, "$HPSEARCH_HEARTBEAT_INTERVAL='soon' is not a whole number of seconds"),
+        ("0", None, "$HPSEARCH_HEARTBEAT_INTERVAL='0' is not a whole number of seconds"),
+        ("1.5", None, "$HPSEARCH_HEARTBEAT_INTERVAL='1.5'"),
+        (None, "-3", "$HPSEARCH_HEARTBEAT_GRACE='-3'"),
+        ("10", "5", "$HPSEARCH_HEARTBEAT_GRACE=5 is shorter than $HPSEARCH_HEARTBEAT_INTERVAL=10"),
+    ],
+)
+def test_bad_heartbeat_environment_is_one_sentence(monkeypatch, tmp_path, interval, grace, words):
+    for name, value in ((HEARTBEAT_INTERVAL_ENV, interval), (HEARTBEAT_GRACE_ENV, grace)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert words in str(_error(str(tmp_path / "s.journal")))
+
+
+# --- lost connections ----------------------------------------------------------------------
+
+
+def _raise_lost(driver_message: str, error_type=sqlalchemy.exc.OperationalError):
+    try:
+        raise error_type("SELECT 1", {}, Exception(driver_message))
+    except sqlalchemy.exc.DBAPIError as cause:
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
+
+
+def test_a_lost_connection_is_retried_until_the_database_is_back(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from hpsearch import storage as storage_module
+
+    calls = []
+
+    def flaky(self, value):
+        calls.append(value)
+        if len(calls) < 3:
+            _raise_lost("server closed the connection unexpectedly")
+        return value * 2
+
+    monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)
+    database = SimpleNamespace(url="postgresql+psycopg2://u:s3cret@db.lab/hp")
+    assert storage_module._reconnecting(flaky)(database, 21) == 42
+    assert calls == [21, 21, 21]
+    said = capsys.readouterr().err
+    assert said.count("lost the connection to postgresql+psycopg2://u:***@db.lab/hp") == 1
+    assert "server closed the connection unexpectedly" in said and "s3cret" not in said
+
+    calls.clear()
+    def bad_data(self):
+        calls.append(1)
+        _raise_lost("value too long for type character varying(512)", sqlalchemy.exc.DataError)
+
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # not a connection problem: raised at once
+        storage_module._reconnecting(bad_data)(database)
+    assert calls == [1]
+
+    calls.clear()
+    monkeypatch.setattr(storage_module, "RECONNECT_SECONDS", 0.0)  # the database stays away too long
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        storage_module._reconnecting(flaky)(database, 1)
+    assert calls == [1]
+
+
+@pytest.mark.postgres
+def test_postgres_storage_reconnects(postgres_url):
+    from hpsearch.storage import ReconnectingRDBStorage
+
+    assert isinstance(open_storage(postgres_url), ReconnectingRDBStorage)
