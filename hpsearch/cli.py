@@ -83,7 +83,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch", type=shape_argument, default=(64, 64, 16), help="training block size (default: 64x64x16)")
     parser.add_argument("--batch", type=positive_int, default=2, help="blocks per step (default: 2)")
     parser.add_argument("--depth", type=positive_int, default=3, help="U-Net pooling steps (default: 3)")
-    parser.add_argument("--loss", choices=("per_class", "joint"), default="per_class", help="soft IoU loss (default: per_class; joint is the paper's)")
+    parser.add_argument("--loss", choices=("joint", "per_class"), default="joint", help="soft IoU loss: joint (the paper's, default) or per_class")
     parser.add_argument("--block", choices=("factorized", "full"), default="factorized", help="convolution block (default: factorized, the paper's)")
     parser.add_argument("--clip", choices=("global", "per_tensor"), default="global", help="gradient clipping by global norm or per tensor (default: global)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and patch sampling (default: 0)")

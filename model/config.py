@@ -10,7 +10,7 @@ import dataclasses
 from model.errors import InputError
 
 BLOCKS = ("factorized", "full")
-LOSSES = ("per_class", "joint")
+LOSSES = ("joint", "per_class")
 CLIP_MODES = ("global", "per_tensor")
 
 
@@ -25,7 +25,8 @@ class TrainConfig:
         batch_size: blocks per step.
         depth: pooling steps of the U-Net.
         block: "factorized" (the paper's) or "full" (3×3×3).
-        loss: "per_class" (mean of per-class soft IoU) or "joint" (the paper's, classes summed).
+        loss: "joint" (the paper's: classes summed; the default, chosen by benchmarks/loss_choice.py)
+            or "per_class" (mean of the per-class soft IoUs).
         clip: "global" clips the norm of all gradients together to `clip_norm`; "per_tensor"
             clips each variable's gradient on its own.
         foreground_share: share of training blocks that hold foreground.
@@ -39,7 +40,7 @@ class TrainConfig:
     batch_size: int = 2
     depth: int = 3
     block: str = "factorized"
-    loss: str = "per_class"
+    loss: str = "joint"
     clip: str = "global"
     foreground_share: float = 1 / 3
     seed: int | None = 0

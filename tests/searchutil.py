@@ -77,7 +77,7 @@ def pid_alive(pid: int) -> bool:
 
 
 STRESS_WORKERS = 8
-STRESS_TRIALS = 16
+STRESS_TRIALS = 12
 
 
 def worker_command_lines() -> list[str]:

@@ -100,7 +100,7 @@ def test_quickstart_study_is_small():
     assert config.seed == 0
     assert config.training["steps"] == 150
     assert config.training["patch_shape"] == (32, 32, 16)
-    assert config.training["loss"] == "per_class"
+    assert config.training["loss"] == "joint"
     assert config.start == {**Hyperparameters().as_table1(), LR: 1.0e-3, CHANNELS: 8}
     assert config.search_space[CHANNELS] == {"low": 4, "high": 16, "log": True, "step": None}
     paper = load_study(STUDIES / "paper.yaml")
@@ -366,7 +366,7 @@ BAD = [
     ({"training.steps": 2.5}, r"training.steps must be a whole number, got 2.5"),
     ({"training.patch": "30x32x16"}, r"training: patch shape \(30, 32, 16\) must be three sizes, each a multiple of 8"),
     ({"training.patch": "big"}, r"training.patch 'big' is not a shape"),
-    ({"training.loss": "dice"}, r"training: loss must be one of per_class, joint, got 'dice'"),
+    ({"training.loss": "dice"}, r"training: loss must be one of joint, per_class, got 'dice'"),
     ({"training.block": 3}, r"training.block must be a non-empty string, got 3"),
     ({"training.foreground_share": 2}, r"training.foreground_share .* must be in \[0, 1\]; got 2.0"),
     # search space
