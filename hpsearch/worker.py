@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -67,6 +68,13 @@ def counts(study: optuna.Study) -> tuple[int, int]:
     return complete, len(trials) - complete
 
 
+class _QuietSurplus(logging.Filter):
+    """Drops Optuna's failed-trial warning (with its traceback) for a trial that only gave way to others."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SurplusTrial" not in record.getMessage()
+
+
 def _interrupt(signum, frame):
     # SIGTERM from the launcher ends the running trial like Ctrl-C: Optuna marks it FAIL.
     raise KeyboardInterrupt
@@ -84,6 +92,8 @@ def run_worker(
 ) -> int:
     """Run trials of `config`'s study in `storage` until it holds `target` COMPLETE trials; return an exit code."""
     signal.signal(signal.SIGTERM, _interrupt)
+    # Optuna logs each failed trial with its traceback; a surplus trial is routine, not a failure to read.
+    logging.getLogger("optuna.study._optimize").addFilter(_QuietSurplus())
     name = worker_name(index)
     status = StatusFile(status_path, name)
     status.update(force=True, state="loading data")
