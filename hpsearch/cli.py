@@ -444,16 +444,25 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return serve(server)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from hpsearch.export import check_storage_exists, exported_trial, find_study, study_definition, to_markdown, to_yaml, write_output
-    from hpsearch.storage import describe, resolve_storage_url
+def open_finished_study(args: argparse.Namespace):
+    """(study, its definition, storage URL) for the read-only commands; never creates a storage or study."""
+    from hpsearch.export import check_storage_exists, find_study, study_definition
+    from hpsearch.storage import resolve_storage_url
 
     study_argument(args)
     check_storage_exists(resolve_storage_url(args.storage, default_journal=study_paths(args.study_file)["journal"]))
     url, storage = open_study_storage(args, args.study_file)
     file_config = resolve_study(args, storage) if args.study_file is not None else None
     study = find_study(storage, file_config.name if file_config else args.study, url)
-    exported = exported_trial(study, study_definition(study, file_config), source=describe(url))
+    return study, study_definition(study, file_config), url
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpsearch.export import exported_trial, to_markdown, to_yaml, write_output
+    from hpsearch.storage import describe
+
+    study, definition, url = open_finished_study(args)
+    exported = exported_trial(study, definition, source=describe(url))
     write_output(to_markdown(exported) if args.format == "markdown" else to_yaml(exported), args.output)
     if args.output not in (None, "-"):
         print(f"wrote trial {exported.trial} of study {exported.study!r} (validation IoU {exported.iou:.4f}) to {args.output}")
@@ -461,16 +470,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpsearch.export import check_storage_exists, find_study, study_definition, write_atomically
+    from hpsearch.export import write_atomically
     from hpsearch.report import render_report
-    from hpsearch.storage import describe, resolve_storage_url
+    from hpsearch.storage import describe
 
-    study_argument(args)
-    check_storage_exists(resolve_storage_url(args.storage, default_journal=study_paths(args.study_file)["journal"]))
-    url, storage = open_study_storage(args, args.study_file)
-    file_config = resolve_study(args, storage) if args.study_file is not None else None
-    study = find_study(storage, file_config.name if file_config else args.study, url)
-    text = render_report(study, study_definition(study, file_config), storage_text=describe(url))
+    study, definition, url = open_finished_study(args)
+    text = render_report(study, definition, storage_text=describe(url))
     write_atomically(Path(args.output), text)
     print(f"wrote the report of study {study.study_name!r} ({len(study.get_trials(deepcopy=False))} trials) to {args.output}")
     return 0
