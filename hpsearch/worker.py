@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.errors import UsageError
-from hpsearch.objective import Objective, SurplusTrial, worker_name
+from hpsearch.objective import Objective, worker_name
 from hpsearch.storage import fail_stale_trials
 
 CONFIG_ATTR = "hpsearch_config"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import yaml
+from optuna.trial import TrialState
 
 from hpsearch.storage import open_storage
 
@@ -114,3 +115,45 @@ def stress_search(folder: Path, storage_url: str) -> dict:
     wait_for(workers_running, timeout=120)
     code, output = finish(launch, timeout=400)
     return {"study_file": study_file, "code": code, "output": output, "argv": seen, "seconds": time.monotonic() - started}
+
+
+def trials_in(storage_url: str, *states) -> list:
+    """The study's trials (in these states), or [] before the launcher has created the study."""
+    try:
+        study = load(storage_url)
+    except KeyError:
+        return []
+    return study.get_trials(deepcopy=False, states=states or None)
+
+
+def running_with_a_step(storage_url: str):
+    """a RUNNING trial that has reported an intermediate IoU"""
+    running = [t for t in trials_in(storage_url, TrialState.RUNNING) if t.intermediate_values and "worker_pid" in t.user_attrs]
+    return running[0] if running else None
+
+
+def interrupt_and_resume(storage_url: str, study_file: Path, sig: int, *, trials: int) -> None:
+    """Send `sig` to a 2-worker launch mid-trial: workers gone within 10 s, the trial FAIL "interrupted";
+    a second launch re-runs it with the same hyperparameters and reaches `trials` COMPLETE."""
+    launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
+    running = wait_for(lambda: running_with_a_step(storage_url), timeout=180)
+    workers = {t.user_attrs["worker_pid"] for t in trials_in(storage_url) if "worker_pid" in t.user_attrs}
+    started = time.monotonic()
+    launch.send_signal(sig)
+    code, output = finish(launch, timeout=30)
+    assert time.monotonic() - started < 10
+    assert code == 130, output
+    assert not any(pid_alive(pid) for pid in workers)
+    study = load(storage_url)
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert study.trials[running.number].state == TrialState.FAIL
+    assert study.trials[running.number].user_attrs["fail_reason"] == "interrupted"
+
+    code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url))
+    assert code == 0, output
+    study = load(storage_url)
+    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == trials
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # The interrupted trial was re-run once, with the same hyperparameters.
+    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == running.number]
+    assert len(retried) == 1 and retried[0].params == running.params and retried[0].state == TrialState.COMPLETE

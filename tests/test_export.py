@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState, create_trial

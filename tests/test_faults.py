@@ -21,23 +21,9 @@ from hpsearch.launcher import prepare_study
 from hpsearch.storage import open_storage
 from hpsearch.worker import ensure_dataset
 
-from searchutil import finish, hpsearch, load, pid_alive, wait_for, write_tiny_study
+from searchutil import finish, hpsearch, interrupt_and_resume, load, running_with_a_step, trials_in, wait_for, write_tiny_study
 
 pytestmark = pytest.mark.slow
-
-
-def trials_in(storage_url, *states):
-    try:
-        study = load(storage_url)
-    except KeyError:  # not created yet
-        return []
-    return study.get_trials(deepcopy=False, states=states or None)
-
-
-def running_with_a_step(storage_url):
-    """a RUNNING trial that has reported an intermediate IoU"""
-    running = [t for t in trials_in(storage_url, TrialState.RUNNING) if t.intermediate_values and "worker_pid" in t.user_attrs]
-    return running[0] if running else None
 
 
 def worker_logs(study_file: Path) -> str:
@@ -45,30 +31,8 @@ def worker_logs(study_file: Path) -> str:
 
 
 def test_sigterm_stops_the_workers_within_seconds_and_launch_resumes(tmp_path):
-    storage_url = str(tmp_path / "study.journal")
     study_file = write_tiny_study(tmp_path / "studies", trials=2, steps=40, eval_every=4)
-    launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
-    running = wait_for(lambda: running_with_a_step(storage_url), timeout=180)
-    workers = {t.user_attrs["worker_pid"] for t in trials_in(storage_url) if "worker_pid" in t.user_attrs}
-    started = time.monotonic()
-    launch.send_signal(signal.SIGTERM)  # what `kill`, systemd and `docker stop` send
-    code, output = finish(launch, timeout=30)
-    assert time.monotonic() - started < 10
-    assert code == 130, output
-    assert not any(pid_alive(pid) for pid in workers)
-    study = load(storage_url)
-    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    assert study.trials[running.number].state == TrialState.FAIL
-    assert study.trials[running.number].user_attrs["fail_reason"] == "interrupted"
-
-    code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url))
-    assert code == 0, output
-    study = load(storage_url)
-    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 2
-    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == running.number]
-    assert len(retried) == 1 and retried[0].params == running.params and retried[0].state == TrialState.COMPLETE
-
+    interrupt_and_resume(str(tmp_path / "study.journal"), study_file, signal.SIGTERM, trials=2)  # what `kill`, systemd and `docker stop` send
 
 def test_a_trial_whose_model_cannot_be_written_fails_with_the_reason_and_the_search_goes_on(tmp_path):
     """The trial model folder becomes unusable mid-search (a file where the folder was: a real OSError even for root)."""

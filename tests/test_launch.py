@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 from optuna.trial import TrialState
 
-from searchutil import finish, hpsearch, load, pid_alive, wait_for, write_tiny_study
+from searchutil import finish, hpsearch, interrupt_and_resume, load, running_with_a_step, wait_for, write_tiny_study
 
 pytestmark = pytest.mark.slow
 
@@ -44,19 +43,9 @@ def test_two_workers_reach_exactly_the_target(storage_url, tmp_path):
     assert any((tmp_path / "studies" / "artifacts").iterdir())
 
 
-def _running_trial_with_a_step(storage_url):
-    """a RUNNING trial that has reported an intermediate IoU"""
-    try:
-        study = load(storage_url)
-    except KeyError:  # the launcher has not created the study yet
-        return None
-    running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values and "worker_pid" in t.user_attrs]
-    return running[0] if running else None
-
-
 def _another_running_trial_with_a_step(storage_url, first):
     """a RUNNING trial with a reported IoU, other than `first` and not run by its (dead) worker"""
-    trial = _running_trial_with_a_step(storage_url)
+    trial = running_with_a_step(storage_url)
     if trial is None or trial.number == first.number or trial.user_attrs["worker_pid"] == first.user_attrs["worker_pid"]:
         return None
     return trial
@@ -66,7 +55,7 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_pat
     """Two workers are killed mid-trial, one after the other: both trials FAIL and are re-run."""
     study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
-    victim = wait_for(lambda: _running_trial_with_a_step(storage_url), timeout=180)
+    victim = wait_for(lambda: running_with_a_step(storage_url), timeout=180)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
     second = wait_for(lambda: _another_running_trial_with_a_step(storage_url, victim), timeout=180)
     os.kill(second.user_attrs["worker_pid"], signal.SIGKILL)
@@ -90,25 +79,4 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_pat
 
 def test_ctrl_c_stops_workers_and_the_next_launch_resumes(storage_url, tmp_path):
     study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
-    launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
-    running = wait_for(lambda: _running_trial_with_a_step(storage_url), timeout=180)
-    workers = {t.user_attrs["worker_pid"] for t in load(storage_url).get_trials(deepcopy=False) if "worker_pid" in t.user_attrs}
-    started = time.monotonic()
-    launch.send_signal(signal.SIGINT)
-    code, output = finish(launch, timeout=30)
-    assert time.monotonic() - started < 10
-    assert code == 130, output
-    assert not any(pid_alive(pid) for pid in workers)
-    study = load(storage_url)
-    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    assert study.trials[running.number].state == TrialState.FAIL
-    assert study.trials[running.number].user_attrs["fail_reason"] == "interrupted"
-
-    code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url))
-    assert code == 0, output
-    study = load(storage_url)
-    assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 3
-    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    # The interrupted trial was re-run with the same hyperparameters.
-    retried = [t for t in study.trials if t.user_attrs.get("retry_of") == running.number]
-    assert retried and retried[0].params == running.params
+    interrupt_and_resume(storage_url, study_file, signal.SIGINT, trials=3)
