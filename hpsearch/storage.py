@@ -405,7 +405,7 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
         warnings.simplefilter("ignore", ExperimentalWarning)
         callback = RetryStaleTrialCallback(max_retry=retries) if heartbeat_interval else None
         try:
-            return ReconnectingRDBStorage(
+            return _create_rdb_storage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -423,6 +423,30 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
             raise UsageError(f"cannot open storage {masked} ({_detail(parsed, exc)}): {_FIX}") from None
         except RuntimeError as exc:  # optuna: the tables were written by another optuna version
             raise UsageError(f"cannot use storage {masked}: {_scrub(parsed, str(exc))}") from None
+
+
+SCHEMA_RACE_ATTEMPTS = 5
+"""How often opening a database storage is tried while other processes create its tables."""
+
+
+def _create_rdb_storage(url: str, **kwargs) -> ReconnectingRDBStorage:
+    """ReconnectingRDBStorage(url, **kwargs), retried while another process creates the same tables.
+
+    RDBStorage creates Optuna's tables on first use with check-then-create, which is not atomic:
+    two workers (or a worker and `hpsearch status`) opening a fresh PostgreSQL database at the
+    same moment can both try to create a table, and the loser gets a duplicate-key or
+    already-exists error. Once the winner's tables are there, a second try finds them and goes on.
+    """
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+        try:
+            return ReconnectingRDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            text = str(exc).lower()
+            lost_race = "duplicate key" in text or "already exists" in text
+            if not lost_race or attempt == SCHEMA_RACE_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _connection_error(parsed: URL, masked: str, exc: sqlalchemy.exc.DBAPIError) -> str:

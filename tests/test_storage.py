@@ -107,6 +107,28 @@ def test_postgres_storage_pings_pooled_connections_and_beats(postgres_url):
     assert storage.get_heartbeat_stale_trial_callback()._max_retry == 2
 
 
+def _open_at(url: str, start: float) -> str:
+    """Wait until `start` (time.time()), open the storage, and say what happened."""
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        open_storage(url, heartbeat_interval=None)
+    except Exception as exc:  # the test reports each process's failure by name
+        return f"{type(exc).__name__}: {exc}"
+    return "opened"
+
+
+@pytest.mark.postgres
+def test_processes_opening_a_fresh_database_at_once_all_succeed(postgres_url):
+    # Optuna creates its tables check-then-create; the losers of that race must retry, not fail.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        start = time.time() + 3.0  # every process has imported hpsearch by then
+        outcomes = pool.starmap(_open_at, [(postgres_url, start)] * 6)
+    assert outcomes == ["opened"] * 6
+
+
 def test_sqlite_storage_creates_its_folder(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/db/s.db")
     assert isinstance(storage, RDBStorage)
