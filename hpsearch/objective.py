@@ -117,7 +117,8 @@ class Objective:
             trial.report(iou, step)
             if self.on_progress:
                 self.on_progress(trial.number, step, iou)
-            if trial.should_prune():
+            # After the last step the trial has spent all its compute: it completes, never prunes.
+            if step < config.steps and trial.should_prune():
                 raise optuna.TrialPruned(f"validation IoU {iou:.4f} at step {step}")
 
         def on_step(step: int, loss: float) -> None:

@@ -41,6 +41,19 @@ def test_a_trial_reports_its_curve_attributes_and_model(tiny, tmp_path):
         assert sorted(archive.namelist()) == ["model.keras", "params.yaml", "run.json"]
 
 
+def test_a_pruner_stops_a_trial_between_evaluations_but_never_after_the_last(tiny):
+    config, data = tiny
+    always = optuna.pruners.ThresholdPruner(lower=2.0)  # an IoU is never above 2: prune at every chance
+    study = optuna.create_study(direction="maximize", sampler=config.make_sampler(), pruner=always)
+    study.optimize(Objective(config, data, worker="w"), n_trials=1)
+    assert study.trials[0].state == TrialState.PRUNED
+    assert sorted(study.trials[0].intermediate_values) == [3]  # stopped at the first of 3 and 6
+
+    one_evaluation = dataclasses.replace(config, training={**config.training, "eval_every": 6})
+    study.optimize(Objective(one_evaluation, data, worker="w"), n_trials=1)
+    assert study.trials[1].state == TrialState.COMPLETE  # its only evaluation is after the last step
+
+
 def test_a_nan_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(tiny):
     config, data = tiny
     poisoned = dataclasses.replace(data.train[0], image=np.full_like(data.train[0].image, np.nan))

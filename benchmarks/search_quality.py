@@ -1,0 +1,242 @@
+"""Search quality at equal compute: the paper's scheme against pruning, random search and TPE.
+
+Every search trains on the same study data (studies/quickstart.yaml by default) with the real
+hpsearch objective, in an in-memory Optuna study, and stops once it has spent its budget of
+`--trials` × the study's steps training steps (a pruned trial costs the steps it ran). All
+searches begin with the study's start point, so they differ only in what they do next. The
+test split is never used for selection: after a search, its winner's stored model is segmented
+on the test cases.
+
+    python benchmarks/search_quality.py                 # 4 methods x 3 seeds x 16 trials
+    python benchmarks/search_quality.py --methods paper,tpe --seeds 1 --trials 4 --jobs 2
+
+Prints a table (mean ± spread over seeds), and writes the raw records (search_quality.json) and
+a plotly figure of best validation IoU against training steps spent (search_quality.html) to
+--out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# method name -> (sampler section, pruner section) of a study file
+METHODS: dict[str, tuple[dict, dict | None]] = {
+    "paper": ({"name": "neighborhood"}, None),
+    "paper+median": ({"name": "neighborhood"}, {"name": "median", "n_startup_trials": 4}),
+    "random": ({"name": "random"}, None),
+    "tpe": ({"name": "tpe"}, None),
+    "tpe+median": ({"name": "tpe"}, {"name": "median", "n_startup_trials": 4}),
+}
+DEFAULT_METHODS = "paper,paper+median,random,tpe"
+
+
+def _start_process(threads: int) -> None:
+    """Pool initializer: cap TensorFlow's threads before it loads, keep Optuna quiet."""
+    from hpsearch.devices import configure_tensorflow
+
+    configure_tensorflow(threads)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
+    """One search of `method` with study seed `seed`; returns its trials and its winner's test IoU."""
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+    from optuna.trial import TrialState
+
+    from hpsearch.config import load_study
+    from hpsearch.objective import MODEL_ARTIFACT_ATTR, Objective
+    from hpsearch.worker import load_data
+    from model.data import load_dataset, split_cases
+    from model.run import load_run
+    from model.train import evaluate
+
+    sampler, pruner = METHODS[method]
+    config = load_study(study_file)
+    steps = config.training["steps"]
+    if pruner is not None:
+        pruner = {**pruner, "n_warmup_steps": steps // 2}  # the IoU of the first evaluations is mostly noise
+    config = dataclasses.replace(config, seed=seed, sampler=sampler, pruner=pruner)
+    data = load_data(config)
+    budget = trials * steps
+
+    with tempfile.TemporaryDirectory(prefix="search-quality-") as folder:
+        store = FileSystemArtifactStore(folder)
+        study = optuna.create_study(direction="maximize", sampler=config.make_sampler(), pruner=config.make_pruner())
+        if sampler["name"] != "neighborhood":  # the neighbourhood sampler evaluates the start point first itself
+            study.enqueue_trial({name: config.start[name] for name in config.search_space})
+        objective = Objective(config, data, worker=f"{method}/seed{seed}", artifact_store=store)
+        spent, records, started = 0, [], time.perf_counter()
+        while spent < budget:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+            trial = study.trials[-1]
+            cost = steps if trial.state == TrialState.COMPLETE else max(trial.intermediate_values, default=0)
+            spent += cost
+            complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+            records.append({
+                "number": trial.number,
+                "state": trial.state.name,
+                "steps": cost,
+                "spent": spent,
+                "value": trial.value,
+                "best": max(t.value for t in complete) if complete else None,
+                "params": trial.params,
+                "seconds": time.perf_counter() - started,
+            })
+
+        winner = study.best_trial
+        archive = Path(folder) / "winner.zip"
+        download_artifact(artifact_store=store, file_path=str(archive), artifact_id=winner.user_attrs[MODEL_ARTIFACT_ATTR])
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(Path(folder) / "winner")
+        run = load_run(Path(folder) / "winner")
+        dataset = load_dataset(config.data_path)
+        test_names = list(split_cases(dataset.case_names, **config.split).test)
+        test = evaluate(run.model, dataset.load_cases(test_names), depth=run.config.depth, num_classes=dataset.num_classes)
+
+    return {
+        "method": method, "seed": seed, "budget": budget, "trials": records,
+        "winner": winner.number, "validation_iou": winner.value, "test_iou": test.iou,
+        "test_cases": len(test_names), "seconds": time.perf_counter() - started,
+    }
+
+
+def best_at(search: dict, spent: int) -> float:
+    """Best validation IoU of `search` after `spent` training steps (0 before any complete trial)."""
+    values = [r["best"] for r in search["trials"] if r["spent"] <= spent and r["best"] is not None]
+    return values[-1] if values else 0.0
+
+
+def steps_to_reach(search: dict, target: float) -> int | None:
+    """Training steps `search` spent when its best validation IoU first reached `target`."""
+    for record in search["trials"]:
+        if record["best"] is not None and record["best"] >= target - 1e-12:
+            return record["spent"]
+    return None
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def summarise(searches: list[dict], methods: list[str]) -> list[list[str]]:
+    """Table rows: per method, final best validation IoU, winner's test IoU, steps to the paper's final best."""
+    by_method = {m: [s for s in searches if s["method"] == m] for m in methods}
+    paper = by_method.get("paper")
+    target = statistics.fmean(s["validation_iou"] for s in paper) if paper else None
+    rows = []
+    for method, runs in by_method.items():
+        reach = [steps_to_reach(s, target) for s in runs] if target is not None else []
+        reached = [r for r in reach if r is not None]
+        budget = runs[0]["budget"]
+        reach_text = "—" if target is None else (
+            f"{statistics.fmean(reached) / budget:.2f} ({len(reached)}/{len(runs)} seeds)" if reached else f"never (0/{len(runs)})"
+        )
+        rows.append([
+            method,
+            spread([s["validation_iou"] for s in runs]),
+            spread([s["test_iou"] for s in runs]),
+            f"{statistics.fmean(len(s['trials']) for s in runs):.1f}",
+            f"{statistics.fmean(sum(r['state'] == 'PRUNED' for r in s['trials']) for s in runs):.1f}",
+            reach_text,
+            f"{statistics.fmean(s['seconds'] for s in runs) / 60:.1f}",
+        ])
+    return rows
+
+
+HEADER = [
+    "method", "best validation IoU", "winner's test IoU", "trials", "pruned",
+    "compute to reach paper's final best (share of budget)", "minutes per search",
+]
+
+
+def write_figure(searches: list[dict], methods: list[str], path: Path) -> None:
+    """Mean best validation IoU (band: min to max over seeds) against training steps spent."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    budget = max(s["budget"] for s in searches)
+    grid = sorted({r["spent"] for s in searches for r in s["trials"]} | {0, budget})
+    for method in methods:
+        runs = [s for s in searches if s["method"] == method]
+        curves = [[best_at(s, x) for x in grid] for s in runs]
+        low = [min(c[i] for c in curves) for i in range(len(grid))]
+        high = [max(c[i] for c in curves) for i in range(len(grid))]
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(len(grid))]
+        band = go.Scatter(x=grid + grid[::-1], y=high + low[::-1], fill="toself", line={"width": 0},
+                          opacity=0.15, showlegend=False, hoverinfo="skip", line_shape="hv", legendgroup=method)
+        figure.add_trace(band)
+        figure.add_trace(go.Scatter(x=grid, y=mean, name=f"{method} (mean of {len(runs)} seeds)",
+                                    line_shape="hv", legendgroup=method))
+    figure.update_layout(
+        title="Best validation IoU against training steps spent (band: min to max over seeds)",
+        xaxis_title="training steps spent", yaxis_title="best validation IoU", template="plotly_white",
+    )
+    figure.write_html(path, include_plotlyjs="cdn")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default=str(ROOT / "studies/quickstart.yaml"), help="study file whose data, training and search space to use")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--seeds", type=int, default=3, help="searches per method, with study seeds 0, 1, ...")
+    parser.add_argument("--trials", type=int, default=16, help="budget: this many full trials' training steps per search")
+    parser.add_argument("--jobs", type=int, default=1, help="searches run at once, each in its own process")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="folder for search_quality.json and .html")
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // args.jobs)
+    tasks = [(args.study, m, seed, args.trials) for m in methods for seed in range(args.seeds)]
+    print(f"{len(tasks)} searches of {args.trials} trials' compute each, {args.jobs} at a time, {threads} thread(s) each", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    searches = []
+    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_start_process, initargs=(threads,)) as pool:
+        for search in pool.imap_unordered(_star, tasks):
+            searches.append(search)
+            print(
+                f"{search['method']:>14} seed {search['seed']}: {len(search['trials'])} trials, "
+                f"best validation IoU {search['validation_iou']:.4f} (trial {search['winner']}), "
+                f"test IoU {search['test_iou']:.4f}, {search['seconds'] / 60:.1f} min",
+                flush=True,
+            )
+            # Written after every search: hours of results survive an interrupted run.
+            (out / "search_quality.json").write_text(json.dumps({"args": vars(args), "searches": searches}, indent=1))
+
+    write_figure(searches, methods, out / "search_quality.html")
+    print()
+    print("| " + " | ".join(HEADER) + " |")
+    print("| " + " | ".join("---" for _ in HEADER) + " |")
+    for row in summarise(searches, methods):
+        print("| " + " | ".join(row) + " |")
+    print(f"\nwrote {out / 'search_quality.json'} and {out / 'search_quality.html'}")
+    return 0
+
+
+def _star(task: tuple) -> dict:
+    return run_search(*task)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
