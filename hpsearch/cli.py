@@ -371,19 +371,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import optuna
-
     from hpsearch.objective import WORKER_ATTR
     from hpsearch.progress import print_table
     from hpsearch.storage import FAIL_REASON_ATTR, describe
 
-    study_argument(args)
-    url, storage = open_study_storage(args, args.study_file)
-    name = resolve_study(args, storage).name if args.study_file is not None else args.study
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise UsageError(f"there is no study named {name!r} in {describe(url)}; check --study and --storage.") from None
+    study, _, url = open_finished_study(args)  # refuses a missing journal rather than creating it
+    name = study.study_name
     rows = []
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() if trial.duration else None

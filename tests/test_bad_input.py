@@ -175,6 +175,7 @@ CASES = [
     ("malformed storage URL", ["export", "--study", "tiny", "--storage", f"postgresql://{URL_PASSWORD}db:notaport/hp"], ["db:notaport", "malformed"]),
     ("unknown database kind", ["launch", "--study", STUDY, "--storage", f"mongodb://{URL_PASSWORD}db/hp"], ["'mongodb'"]),
     ("storage file that does not exist", ["export", "--study", "tiny", "--storage", "{root}/nope.journal"], ["nope.journal"]),
+    ("status of a storage file that does not exist", ["status", "--study", "tiny", "--storage", "{root}/nope.journal"], ["nope.journal"]),
     ("bad heartbeat setting", ["status", "--study", "tiny", "--storage", J], ["HPSEARCH_HEARTBEAT_INTERVAL='soon'"], {"HPSEARCH_HEARTBEAT_INTERVAL": "soon"}),
     # study files
     ("missing study file", ["launch", "--study", f"{BAD}/missing.yaml", "--storage", J], ["missing.yaml"]),
