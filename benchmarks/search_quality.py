@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=16, help="budget: this many full trials' training steps per search")
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, each in its own process")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="folder for search_quality.json and .html")
+    parser.add_argument("--resume", action="store_true", help="keep the searches already in --out's search_quality.json and run only the rest")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -212,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     searches = []
+    if args.resume and (out / "search_quality.json").is_file():
+        kept = json.loads((out / "search_quality.json").read_text())["searches"]
+        searches = [s for s in kept if s["method"] in methods and s["seed"] < args.seeds]
+        done = {(s["method"], s["seed"]) for s in searches}
+        tasks = [t for t in tasks if (t[1], t[2]) not in done]
+        print(f"resuming: {len(searches)} searches kept, {len(tasks)} to run", flush=True)
     with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_start_process, initargs=(threads,)) as pool:
         for search in pool.imap_unordered(_star, tasks):
             searches.append(search)
