@@ -3,6 +3,12 @@
 It reports validation IoU at every evaluation (the dashboard's learning curve; what a pruner
 reads), records per-class IoU, timings and the worker in user attributes, stores the model as
 an Optuna artifact, and returns the validation IoU after the last step.
+
+The timing attributes (seconds) of a finished trial split its wall time (datetime_start to
+datetime_complete): ask_seconds + prepare_seconds + train_seconds + save_seconds + the storage
+calls that record them and end the trial; train_seconds holds setup_seconds (of which
+first_step_seconds), step_seconds, eval_seconds and the callbacks between them.
+benchmarks/service.py reads them to measure the service's overhead.
 """
 
 from __future__ import annotations
@@ -82,11 +88,14 @@ class Objective:
         self.on_progress = on_progress
 
     def __call__(self, trial: optuna.Trial) -> float:
+        called = time.perf_counter()
+        # Both clocks are this process's wall clock: Optuna stamps datetime_start when the worker asks.
+        ask_seconds = time.time() - trial.datetime_start.timestamp()
         trial.set_user_attr(WORKER_ATTR, self.worker)
         trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
         try:
             self._refuse_surplus(trial)
-            return self._run(trial)
+            return self._run(trial, called=called, ask_seconds=ask_seconds)
         except KeyboardInterrupt:
             trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
             raise
@@ -105,7 +114,7 @@ class Objective:
         if len(ahead) >= self.target:
             raise SurplusTrial(f"the study already has {len(ahead)} complete or running trials for its target of {self.target}")
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _run(self, trial: optuna.Trial, *, called: float, ask_seconds: float) -> float:
         from model.train import train  # TensorFlow loads here, in the worker, not in the launcher
 
         params = self.config.hyperparameters(suggest(trial, self.config))
@@ -127,12 +136,25 @@ class Objective:
 
         started = time.perf_counter()
         result = train(params, self.data, config, on_eval=on_eval, on_step=on_step)
-        trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 3))
+        trained = time.perf_counter()
+        timings = {
+            "ask_seconds": ask_seconds,
+            "prepare_seconds": started - called,
+            TRAIN_SECONDS_ATTR: trained - started,
+            "setup_seconds": result.setup_seconds,
+            "first_step_seconds": result.first_step_seconds,
+            "step_seconds": result.step_seconds,
+            "eval_seconds": result.eval_seconds,
+        }
+        for name, seconds in timings.items():
+            trial.set_user_attr(name, round(seconds, 4))
         trial.set_user_attr(PER_CLASS_ATTR, dict(zip(self.data.class_names[1:], result.final.per_class[1:])))
         trial.set_user_attr(BEST_ATTR, result.best.iou)
         trial.set_user_attr(BEST_STEP_ATTR, result.best.step)
         if self.artifact_store is not None:
+            saving = time.perf_counter()
             self._store_model(trial, result, params, config)
+            trial.set_user_attr("save_seconds", round(time.perf_counter() - saving, 4))
         if not math.isfinite(result.final.iou):
             raise ValueError(f"validation IoU is {result.final.iou}")
         return result.final.iou

@@ -44,8 +44,13 @@ class TrainResult:
     best: Evaluation
     final: Evaluation
     history: list[Evaluation]
-    seconds: float
+    seconds: float  # the step loop with its evaluations, after the model is built (s)
     steps: int
+    # Where the time went (s); the rest of `train` is callbacks and copying the best weights.
+    setup_seconds: float  # train() called -> first step done: build, compile, tracing, step 1
+    first_step_seconds: float  # step 1 alone: tracing the training function + one step
+    step_seconds: float  # steps 2..N: patch sampling, the compiled step, reading the loss
+    eval_seconds: float  # whole-volume validation
 
 
 def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: int = 0, loss: float = math.nan) -> Evaluation:
@@ -91,6 +96,7 @@ def train(
     """
     if not data.val:
         raise InputError("there are no validation cases; the split needs at least one to measure IoU.")
+    called = time.perf_counter()
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -119,19 +125,29 @@ def train(
     best: Evaluation | None = None
     best_weights = None
     recent_losses: list[float] = []
+    setup_seconds = first_step_seconds = step_seconds = eval_seconds = 0.0
     for step in range(1, config.steps + 1):
+        step_started = time.perf_counter()
         images, labels = sampler.next_batch()
         loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
+        step_ended = time.perf_counter()
+        if step == 1:  # the first call traces the training function
+            first_step_seconds = step_ended - step_started
+            setup_seconds = step_ended - called
+        else:
+            step_seconds += step_ended - step_started
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} at step {step}; try a lower learning rate.")
         recent_losses.append(loss)
         if on_step is not None:
             on_step(step, loss)
         if step % config.eval_every == 0 or step == config.steps:
+            eval_started = time.perf_counter()
             evaluation = evaluate(
                 model, data.val, depth=config.depth, num_classes=data.num_classes,
                 step=step, loss=float(np.mean(recent_losses)),
             )
+            eval_seconds += time.perf_counter() - eval_started
             recent_losses.clear()
             history.append(evaluation)
             if best is None or evaluation.iou > best.iou:
@@ -140,7 +156,11 @@ def train(
                 on_eval(step, evaluation.iou)
     final = history[-1]
     model.set_weights(best_weights)
-    return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps)
+    return TrainResult(
+        model, best, final, history, time.perf_counter() - started, config.steps,
+        setup_seconds=setup_seconds, first_step_seconds=first_step_seconds,
+        step_seconds=step_seconds, eval_seconds=eval_seconds,
+    )
 
 
 def _enable_op_determinism() -> None:

@@ -40,6 +40,21 @@ def test_a_trial_reports_its_curve_attributes_and_model(tiny, tmp_path):
     with zipfile.ZipFile(path) as archive:
         assert sorted(archive.namelist()) == ["model.keras", "params.yaml", "run.json"]
 
+    # Where the trial's time went (benchmarks/service.py reads these).
+    seconds = {name: value for name, value in trial.user_attrs.items() if name.endswith("_seconds")}
+    assert set(seconds) == {
+        "ask_seconds", "prepare_seconds", "train_seconds", "setup_seconds", "first_step_seconds",
+        "step_seconds", "eval_seconds", "save_seconds",
+    }
+    assert all(value >= 0 for value in seconds.values()), seconds
+    assert all(seconds[name] > 0 for name in ("train_seconds", "setup_seconds", "step_seconds", "eval_seconds", "save_seconds"))
+    rounding = 1e-3  # each attribute is rounded to 0.1 ms
+    assert seconds["first_step_seconds"] <= seconds["setup_seconds"]
+    assert seconds["setup_seconds"] + seconds["step_seconds"] + seconds["eval_seconds"] <= seconds["train_seconds"] + rounding
+    wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    parts = seconds["ask_seconds"] + seconds["prepare_seconds"] + seconds["train_seconds"] + seconds["save_seconds"]
+    assert parts <= wall + rounding
+
 
 def test_a_pruner_stops_a_trial_between_evaluations_but_never_after_the_last(tiny):
     config, data = tiny
