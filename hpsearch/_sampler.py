@@ -19,14 +19,16 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.samplers import BaseSampler
 from optuna.samplers import RandomSampler
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from optuna.storages import BaseStorage
     from optuna.study import Study
     from optuna.trial import FrozenTrial
-    from optuna.trial import TrialState
 
 
 # User attribute naming what a trial was drawn around: a trial number (int) or "start".
@@ -35,6 +37,8 @@ _PARENT_ATTR = "parent_trial"
 _START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
 # Contexts of trials that never reach after_trial (ask without tell) must not pile up.
 _MAX_CACHED_CONTEXTS = 1024
+# Studies whose best trial the sampler follows (one, unless a sampler serves several studies).
+_MAX_FOLLOWED_STUDIES = 16
 
 
 class _Context(NamedTuple):
@@ -43,6 +47,16 @@ class _Context(NamedTuple):
     center: Mapping[str, Any]  # best params (or start); empty: no centre at all
     distributions: Mapping[str, BaseDistribution] | None  # of the best trial; None for start
     exact_start: bool  # this trial evaluates the start point as is
+
+
+class _BestSoFar:
+    """What the sampler has read of one study: its best trial, and trials that may change it."""
+
+    def __init__(self, storage: BaseStorage) -> None:
+        self.storage = storage  # held, so that its id is not reused by another storage
+        self.best: FrozenTrial | None = None  # what Optuna last gave as the best trial
+        self.next_number = 0  # every trial numbered below this has been read
+        self.unfinished: set[int] = set()  # numbers read while WAITING or RUNNING
 
 
 class NeighborhoodSampler(BaseSampler):
@@ -122,6 +136,7 @@ class NeighborhoodSampler(BaseSampler):
         # Per-trial look-ups, so a trial reads the best trial once. n_jobs > 1 runs trials in
         # threads that share this sampler, hence the lock.
         self._contexts: dict[tuple[int, int, int], _Context] = {}
+        self._bests: dict[tuple[int, int], _BestSoFar] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -129,6 +144,7 @@ class NeighborhoodSampler(BaseSampler):
         state = self.__dict__.copy()
         del state["_lock"]
         state["_contexts"] = {}
+        state["_bests"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -234,7 +250,7 @@ class NeighborhoodSampler(BaseSampler):
                 "optimise one objective."
             )
 
-        best = _best_trial(study)
+        best = self._best_so_far(study, trial)
         if best is not None:
             context = _Context(best.params, best.distributions, exact_start=False)
             parent: int | str | None = best.number
@@ -253,6 +269,43 @@ class NeighborhoodSampler(BaseSampler):
             self._contexts[key] = context
         return context
 
+    def _best_so_far(self, study: Study, trial: FrozenTrial) -> FrozenTrial | None:
+        """The study's best COMPLETE trial as Optuna gives it, asked only when it may have changed.
+
+        Optuna's answer costs a pass over all trials (RDB: a sort in SQL; journal: a scan), so
+        it is not asked for each trial. Only a trial that completes with a value at least as
+        good as Optuna's last answer can change that answer (a worse one cannot, feasible or
+        not). So each call reads, one by one, the trials numbered from the last call's trial up
+        to this one, and those that were unfinished then, and asks Optuna only when one of them
+        completed that well. The first call in a study reads every trial once.
+        """
+        storage = study._storage
+        key = (id(storage), study._study_id)
+        maximize = study.directions[0] == StudyDirection.MAXIMIZE
+        with self._lock:  # n_jobs threads share the record; storage reads never call back here
+            known = self._bests.get(key)
+            if known is None or known.storage is not storage:
+                while len(self._bests) >= _MAX_FOLLOWED_STUDIES:
+                    self._bests.pop(next(iter(self._bests)))
+                known = self._bests[key] = _BestSoFar(storage)
+            to_read = sorted(known.unfinished) + list(range(known.next_number, trial.number))
+            known.next_number = max(known.next_number, trial.number)
+            known.unfinished = set()
+            may_have_changed = False
+            for number in to_read:
+                read = storage.get_trial(
+                    storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+                )
+                if not read.state.is_finished():
+                    known.unfinished.add(number)
+                elif read.state == TrialState.COMPLETE and _at_least_as_good(
+                    read.value, known.best, maximize
+                ):
+                    may_have_changed = True
+            if may_have_changed:
+                known.best = _best_trial(study)
+            return known.best
+
     def _claim_start(self, study: Study, trial: FrozenTrial) -> bool:
         # Only reached while no trial is complete, so this read is rare. Not atomic: two workers
         # may both claim, which only evaluates the start point twice.
@@ -269,10 +322,10 @@ def _trial_key(study: Study, trial: FrozenTrial) -> tuple[int, int, int]:
 
 
 def _best_trial(study: Study) -> FrozenTrial | None:
-    """The best COMPLETE trial, or None; never reads all trials of the study.
+    """Optuna's best COMPLETE trial (feasible, where trials have constraints), or None.
 
-    Study.best_trial asks the storage (in-memory: a cached id; RDB: one indexed query; journal:
-    a scan over references, no copies) and deep-copies that one trial.
+    Study.best_trial asks the storage (in-memory: a cached id; RDB: one query that sorts the
+    complete trials; journal: a scan over all trials) and deep-copies that one trial.
     """
     try:
         return study.best_trial
@@ -285,6 +338,13 @@ def _best_trial(study: Study) -> FrozenTrial | None:
             return study._storage.get_best_trial(study._study_id)
         except ValueError:
             return None
+
+
+def _at_least_as_good(value: float, best: FrozenTrial | None, maximize: bool) -> bool:
+    """Whether a trial completed with `value` could be the best instead of `best` (ties count)."""
+    if best is None:
+        return True
+    return value >= best.value if maximize else value <= best.value
 
 
 def _neighbor_value(
