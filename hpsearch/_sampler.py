@@ -277,7 +277,7 @@ class NeighborhoodSampler(BaseSampler):
         good as Optuna's last answer can change that answer (a worse one cannot, feasible or
         not). So each call reads, one by one, the trials numbered from the last call's trial up
         to this one, and those that were unfinished then, and asks Optuna only when one of them
-        completed that well. The first call in a study reads every trial once.
+        completed that well. The first call in a study asks Optuna and notes the unfinished trials.
         """
         storage = study._storage
         key = (id(storage), study._study_id)
@@ -287,7 +287,16 @@ class NeighborhoodSampler(BaseSampler):
             if known is None or known.storage is not storage:
                 while len(self._bests) >= _MAX_FOLLOWED_STUDIES:
                     self._bests.pop(next(iter(self._bests)))
+                # First look: Optuna's answer, and one query for the trials that may still
+                # change it, rather than a point read per trial (a resumed study may hold thousands).
                 known = self._bests[key] = _BestSoFar(storage)
+                known.best = _best_trial(study)
+                known.next_number = trial.number
+                pending = storage.get_all_trials(
+                    study._study_id, deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)
+                )
+                known.unfinished = {t.number for t in pending if t.number < trial.number}
+                return known.best
             to_read = sorted(known.unfinished) + list(range(known.next_number, trial.number))
             known.next_number = max(known.next_number, trial.number)
             known.unfinished = set()

@@ -276,15 +276,48 @@ def test_best_is_read_without_listing_trials(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the sampler listed all trials")
 
+    list_trials = study._storage.get_all_trials
+
+    def unfinished_only(study_id, deepcopy=True, states=None):
+        # Listing the WAITING/RUNNING trials (a few, one per worker) is allowed; listing the complete ones is not.
+        if states is None or TrialState.COMPLETE in states:
+            forbidden()
+        return list_trials(study_id, deepcopy=deepcopy, states=states)
+
     for _ in range(3):
         trial = study.ask()  # ask itself lists WAITING trials: not the sampler's doing
         with monkeypatch.context() as patch:
             patch.setattr(optuna.study.Study, "get_trials", forbidden)
             patch.setattr(optuna.study.Study, "_get_trials", forbidden)
-            patch.setattr(study._storage, "get_all_trials", forbidden)
+            patch.setattr(study._storage, "get_all_trials", unfinished_only)
             params = _suggest_all(trial)
         assert params["lr"] != BEST["lr"]
         study.tell(trial, state=TrialState.FAIL)
+
+
+def test_a_better_trial_finished_by_another_worker_becomes_the_centre():
+    # Two workers (two samplers) on one storage; the sampler only re-reads trials that may have
+    # changed the best since its last look, so it must see the other worker's new best, and a
+    # trial that was still running at its last look and finished better later.
+    storage = optuna.storages.InMemoryStorage()
+    mine = optuna.create_study(storage=storage, sampler=NeighborhoodSampler(seed=1), study_name="s")
+    theirs = optuna.load_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=2), study_name="s")
+    lr = FloatDistribution(1e-7, 1e-1, log=True)
+    mine.add_trial(optuna.trial.create_trial(params={"lr": 1e-4}, distributions={"lr": lr}, value=1.0))
+
+    def parent_of_my_next_trial() -> int:
+        trial = mine.ask()
+        trial.suggest_float("lr", 1e-7, 1e-1, log=True)
+        mine.tell(trial, 5.0)  # worse than all: never the best
+        return mine.trials[trial.number].user_attrs["parent_trial"]
+
+    assert parent_of_my_next_trial() == 0
+    running = theirs.ask({"lr": lr})  # still running at my next look
+    finished = theirs.ask({"lr": lr})
+    theirs.tell(finished, 0.5)
+    assert parent_of_my_next_trial() == finished.number
+    theirs.tell(running, 0.1)
+    assert parent_of_my_next_trial() == running.number
 
 
 # ---------------------------------------------------------------- fallbacks
