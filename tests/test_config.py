@@ -98,7 +98,7 @@ def test_quickstart_study_is_small():
     assert config.name == "quickstart"
     assert config.trials == 6
     assert config.seed == 0
-    assert config.training["steps"] == 150
+    assert config.training["steps"] == 200
     assert config.training["patch_shape"] == (32, 32, 16)
     assert config.training["loss"] == "joint"
     assert config.start == {**Hyperparameters().as_table1(), LR: 1.0e-3, CHANNELS: 8}
@@ -107,8 +107,11 @@ def test_quickstart_study_is_small():
     others = {name: space for name, space in config.search_space.items() if name != CHANNELS}
     assert others == {name: space for name, space in paper.search_space.items() if name != CHANNELS}
     assert config.data_path == ROOT / "data" / "quickstart"
-    assert config.synth["cases"] == 8 and config.synth["shape"] == (64, 64, 16)
+    assert config.synth["cases"] == 24 and config.synth["shape"] == (64, 64, 16)
     assert isinstance(config.make_sampler(), NeighborhoodSampler)
+    # the recommended default of benchmarks/search_quality.py: the paper's scheme with a median pruner
+    assert config.pruner == {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 100}
+    assert isinstance(config.make_pruner(), optuna.pruners.MedianPruner)
 
 
 # ---------------------------------------------------------------- what a valid file gives
