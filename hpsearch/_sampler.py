@@ -289,13 +289,15 @@ class NeighborhoodSampler(BaseSampler):
                     self._bests.pop(next(iter(self._bests)))
                 # First look: Optuna's answer, and one query for the trials that may still
                 # change it, rather than a point read per trial (a resumed study may hold thousands).
+                # The unfinished ones are listed before Optuna is asked: a trial finishing in
+                # between is then either in Optuna's answer or re-read at the next look.
                 known = self._bests[key] = _BestSoFar(storage)
-                known.best = _best_trial(study)
-                known.next_number = trial.number
                 pending = storage.get_all_trials(
                     study._study_id, deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)
                 )
                 known.unfinished = {t.number for t in pending if t.number < trial.number}
+                known.next_number = trial.number
+                known.best = _best_trial(study)
                 return known.best
             to_read = sorted(known.unfinished) + list(range(known.next_number, trial.number))
             known.next_number = max(known.next_number, trial.number)
