@@ -322,6 +322,7 @@ def print_best(study, *, interrupted: bool = False) -> None:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     failed = sum(t.state == TrialState.FAIL for t in trials)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
     if interrupted:
         print(f"interrupted: {len(complete)} complete trials kept; running trials marked FAIL and re-queued; 'hpsearch launch' resumes.")
     if not complete:
@@ -329,7 +330,8 @@ def print_best(study, *, interrupted: bool = False) -> None:
         return
     best = max(complete, key=lambda t: t.value)
     params = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
-    print(f"{len(complete)} complete, {failed} failed; best validation IoU {best.value:.4f} in trial {best.number} ({params})")
+    stopped = f", {pruned} pruned" if pruned else ""  # only studies with a pruner have any
+    print(f"{len(complete)} complete{stopped}, {failed} failed; best validation IoU {best.value:.4f} in trial {best.number} ({params})")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

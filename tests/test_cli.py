@@ -106,3 +106,17 @@ def test_data_synth_writes_a_dataset_and_refuses_a_used_folder(tmp_path, capsys)
     assert description["labels"] == {"0": "background", "1": "left ventricle", "2": "myocardium"}
     assert main(["data", "synth", str(out), "--cases", "2"]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_the_closing_line_counts_pruned_trials(capsys):
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from hpsearch.cli import print_best
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(create_trial(value=0.5, params={"x": 1.0}, distributions={"x": optuna.distributions.FloatDistribution(0, 2)}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={100: 0.1}))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    print_best(study)
+    assert capsys.readouterr().out.startswith("1 complete, 1 pruned, 1 failed; best validation IoU 0.5000 in trial 0 (x 1)")
