@@ -39,6 +39,13 @@ METHODS: dict[str, tuple[dict, dict | None]] = {
     "random": ({"name": "random"}, None),
     "tpe": ({"name": "tpe"}, None),
     "tpe+median": ({"name": "tpe"}, {"name": "median", "n_startup_trials": 4}),
+    # A narrower neighbourhood, [best / 3, best * 3]: many factor-10 children do not train at all.
+    "factor3+median": ({"name": "neighborhood", "factor": 3.0}, {"name": "median", "n_startup_trials": 4}),
+    # The same, pruning from the first evaluation (step 50 of the quick-start study's 200).
+    "factor3+median@50": (
+        {"name": "neighborhood", "factor": 3.0},
+        {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50},
+    ),
 }
 DEFAULT_METHODS = "paper,paper+median,random,tpe"
 
@@ -70,7 +77,8 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     config = load_study(study_file)
     steps = config.training["steps"]
     if pruner is not None:
-        pruner = {**pruner, "n_warmup_steps": steps // 2}  # the IoU of the first evaluations is mostly noise
+        # Unless the method says otherwise, prune from half-way: the first evaluations are mostly noise.
+        pruner = {"n_warmup_steps": steps // 2, **pruner}
     config = dataclasses.replace(config, seed=seed, sampler=sampler, pruner=pruner)
     data = load_data(config)
     budget = trials * steps
