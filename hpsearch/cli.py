@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_commands.add_parser("synth", help="write synthetic cardiac MR stacks in MSD layout")
     synth.add_argument("out", help="new folder to write the dataset into")
-    synth.add_argument("--cases", type=positive_int, default=20, help="number of cases (default: 20)")
+    synth.add_argument("--cases", type=positive_int, default=40, help="number of cases (default: 40: 24 training, 8 validation, 8 test)")
     synth.add_argument("--shape", type=shape_argument, default=(192, 192, 12), help="volume size XxYxZ (default: 192x192x12)")
     synth.add_argument("--vary-shape", action="store_true", help="vary the size per case like the paper's data (128/192/256 in plane, 10-15 slices)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

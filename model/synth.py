@@ -436,7 +436,7 @@ def _make_temp_dir(parent: pathlib.Path, name: str) -> pathlib.Path:
 def write_dataset(
     out: str | os.PathLike,
     *,
-    cases: int = 20,
+    cases: int = 40,
     shape: tuple[int, int, int] | None = (192, 192, 12),
     seed: int = 0,
     myocardium: bool = False,
