@@ -190,7 +190,7 @@ OVERHEAD_PARTS = (
     "callbacks in training: progress, report, prune, best weights",
     "save the model artifact",
     "record the timings, tell (storage)",
-    "trials without timings: failed, pruned, surplus",
+    "trials without timings: failed, surplus",
     "open the study, checks before the first trial",
     "between trials: checks, gc, waiting; exit",
 )
@@ -220,11 +220,13 @@ def worker_time(launch: Launch, steps: int) -> tuple[float, float, dict[str, flo
             trial_wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
             accounted += trial_wall
             if not _has_timings(trial):
-                parts["trials without timings: failed, pruned, surplus"] += trial_wall
+                parts["trials without timings: failed, surplus"] += trial_wall
                 continue
             s = trial.user_attrs
+            # A pruned trial stopped at its last report; a complete one ran all the steps.
+            ran = steps if trial.state.name == "COMPLETE" else max(trial.intermediate_values, default=steps)
             # The first call is a step too: count one later step's time of it as inside, the rest as tracing.
-            one_step = s["step_seconds"] / (steps - 1) if steps > 1 else 0.0
+            one_step = s["step_seconds"] / (ran - 1) if ran > 1 else 0.0
             inside += s["step_seconds"] + s["eval_seconds"] + one_step
             save = s.get("save_seconds", 0.0)
             parts["ask: create the trial, sampler"] += s["ask_seconds"]
@@ -319,10 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in counts:
         complete = sum(len(launch.complete()) for launch in launches[n])
+        pruned = sum(t.state.name == "PRUNED" for launch in launches[n] for t in launch.trials)
         seconds = sum(launch.seconds for launch in launches[n])
         rates[n] = 3600.0 * complete / seconds
-        rows.append([str(n), str(complete), f"{seconds:.1f}", f"{rates[n]:.1f}"])
-    print(table(["workers", "complete trials", "launch wall time (s)", "trials per hour"], rows))
+        rows.append([str(n), str(complete), str(pruned), f"{seconds:.1f}", f"{rates[n]:.1f}"])
+    print(table(["workers", "complete trials", "pruned trials", "launch wall time (s)", "trials per hour"], rows))
     speedup = rates[2] / rates[1] if 1 in rates and 2 in rates else None
     if speedup is not None:
         print(f"\n2 workers ÷ 1 worker: {speedup:.2f}")

@@ -4,15 +4,17 @@ It reports validation IoU at every evaluation (the dashboard's learning curve; w
 reads), records per-class IoU, timings and the worker in user attributes, stores the model as
 an Optuna artifact, and returns the validation IoU after the last step.
 
-The timing attributes (seconds) of a finished trial split its wall time (datetime_start to
-datetime_complete): ask_seconds + prepare_seconds + train_seconds + save_seconds + the storage
+The timing attributes (seconds) of a complete or pruned trial split its wall time (datetime_start
+to datetime_complete): ask_seconds + prepare_seconds + train_seconds + save_seconds + the storage
 calls that record them and end the trial; train_seconds holds setup_seconds (of which
-first_step_seconds), step_seconds, eval_seconds and the callbacks between them.
-benchmarks/service.py reads them to measure the service's overhead.
+first_step_seconds), step_seconds, eval_seconds and the callbacks between them. A pruned trial
+has no save_seconds (its model is not stored). benchmarks/service.py reads them to measure the
+service's overhead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -115,7 +117,7 @@ class Objective:
             raise SurplusTrial(f"the study already has {len(ahead)} complete or running trials for its target of {self.target}")
 
     def _run(self, trial: optuna.Trial, *, called: float, ask_seconds: float) -> float:
-        from model.train import train  # TensorFlow loads here, in the worker, not in the launcher
+        from model.train import TrainTimes, train  # TensorFlow loads here, in the worker, not in the launcher
 
         params = self.config.hyperparameters(suggest(trial, self.config))
         config = self.config.train_config(trial.number)
@@ -134,20 +136,26 @@ class Objective:
             if self.on_progress and step % 10 == 0:
                 self.on_progress(trial.number, step, None)
 
+        times = TrainTimes()
         started = time.perf_counter()
-        result = train(params, self.data, config, on_eval=on_eval, on_step=on_step)
-        trained = time.perf_counter()
-        timings = {
-            "ask_seconds": ask_seconds,
-            "prepare_seconds": started - called,
-            TRAIN_SECONDS_ATTR: trained - started,
-            "setup_seconds": result.setup_seconds,
-            "first_step_seconds": result.first_step_seconds,
-            "step_seconds": result.step_seconds,
-            "eval_seconds": result.eval_seconds,
-        }
-        for name, seconds in timings.items():
-            trial.set_user_attr(name, round(seconds, 4))
+
+        def record_timings() -> None:
+            """Where the trial's time went (benchmarks/service.py reads these), pruned or not."""
+            timings = {
+                "ask_seconds": ask_seconds,
+                "prepare_seconds": started - called,
+                TRAIN_SECONDS_ATTR: time.perf_counter() - started,
+                **dataclasses.asdict(times),
+            }
+            for name, seconds in timings.items():
+                trial.set_user_attr(name, round(seconds, 4))
+
+        try:
+            result = train(params, self.data, config, on_eval=on_eval, on_step=on_step, times=times)
+        except optuna.TrialPruned:
+            record_timings()
+            raise
+        record_timings()
         trial.set_user_attr(PER_CLASS_ATTR, dict(zip(self.data.class_names[1:], result.final.per_class[1:])))
         trial.set_user_attr(BEST_ATTR, result.best.iou)
         trial.set_user_attr(BEST_STEP_ATTR, result.best.step)

@@ -37,6 +37,17 @@ class Evaluation:
 
 
 @dataclasses.dataclass
+class TrainTimes:
+    """Where a training run's time went so far (s); `train` adds to it as it goes, so a run stopped
+    by its `on_eval` hook (a pruned trial) still leaves its times behind."""
+
+    setup_seconds: float = 0.0  # train() called -> first step done: build, compile, tracing, step 1
+    first_step_seconds: float = 0.0  # step 1 alone: tracing the training function + one step
+    step_seconds: float = 0.0  # steps 2..N: patch sampling, the compiled step, reading the loss
+    eval_seconds: float = 0.0  # whole-volume validation
+
+
+@dataclasses.dataclass
 class TrainResult:
     """The trained model (best validation weights restored) and what the run measured."""
 
@@ -46,11 +57,7 @@ class TrainResult:
     history: list[Evaluation]
     seconds: float  # the step loop with its evaluations, after the model is built (s)
     steps: int
-    # Where the time went (s); the rest of `train` is callbacks and copying the best weights.
-    setup_seconds: float  # train() called -> first step done: build, compile, tracing, step 1
-    first_step_seconds: float  # step 1 alone: tracing the training function + one step
-    step_seconds: float  # steps 2..N: patch sampling, the compiled step, reading the loss
-    eval_seconds: float  # whole-volume validation
+    times: TrainTimes  # the rest of `train` is callbacks and copying the best weights
 
 
 def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: int = 0, loss: float = math.nan) -> Evaluation:
@@ -81,6 +88,7 @@ def train(
     *,
     on_eval: Callable[[int, float], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    times: TrainTimes | None = None,
 ) -> TrainResult:
     """Train a U-Net for `config.steps` steps; return it with its best validation weights.
 
@@ -90,6 +98,8 @@ def train(
         config: steps, evaluation interval, block size and the other training choices.
         on_eval: called as on_eval(step, validation IoU) after each evaluation; may raise to stop.
         on_step: called as on_step(step, loss) after each step (progress display).
+        times: where the time goes, filled in as training runs (a fresh one when None);
+            also the result's `times`.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
@@ -128,17 +138,17 @@ def train(
     best: Evaluation | None = None
     best_weights = None
     recent_losses: list[float] = []
-    setup_seconds = first_step_seconds = step_seconds = eval_seconds = 0.0
+    times = times if times is not None else TrainTimes()
     for step in range(1, config.steps + 1):
         step_started = time.perf_counter()
         images, labels = sampler.next_batch()
         loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
         step_ended = time.perf_counter()
         if step == 1:  # the first call traces the training function
-            first_step_seconds = step_ended - step_started
-            setup_seconds = step_ended - called
+            times.first_step_seconds = step_ended - step_started
+            times.setup_seconds = step_ended - called
         else:
-            step_seconds += step_ended - step_started
+            times.step_seconds += step_ended - step_started
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} at step {step}; try a lower learning rate.")
         recent_losses.append(loss)
@@ -150,7 +160,7 @@ def train(
                 model, data.val, depth=config.depth, num_classes=data.num_classes,
                 step=step, loss=float(np.mean(recent_losses)),
             )
-            eval_seconds += time.perf_counter() - eval_started
+            times.eval_seconds += time.perf_counter() - eval_started
             recent_losses.clear()
             history.append(evaluation)
             if best is None or evaluation.iou > best.iou:
@@ -159,11 +169,7 @@ def train(
                 on_eval(step, evaluation.iou)
     final = history[-1]
     model.set_weights(best_weights)
-    return TrainResult(
-        model, best, final, history, time.perf_counter() - started, config.steps,
-        setup_seconds=setup_seconds, first_step_seconds=first_step_seconds,
-        step_seconds=step_seconds, eval_seconds=eval_seconds,
-    )
+    return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps, times)
 
 
 def _enable_op_determinism() -> None:

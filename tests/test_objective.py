@@ -63,6 +63,11 @@ def test_a_pruner_stops_a_trial_between_evaluations_but_never_after_the_last(tin
     study.optimize(Objective(config, data, worker="w"), n_trials=1)
     assert study.trials[0].state == TrialState.PRUNED
     assert sorted(study.trials[0].intermediate_values) == [3]  # stopped at the first of 3 and 6
+    # A pruned trial still says where its time went, so its training is not counted as overhead.
+    pruned = study.trials[0].user_attrs
+    for name in ("train_seconds", "setup_seconds", "first_step_seconds", "step_seconds", "eval_seconds"):
+        assert pruned[name] > 0, (name, pruned)
+    assert pruned["setup_seconds"] + pruned["step_seconds"] + pruned["eval_seconds"] <= pruned["train_seconds"] + 1e-3
 
     one_evaluation = dataclasses.replace(config, training={**config.training, "eval_every": 6})
     study.optimize(Objective(one_evaluation, data, worker="w"), n_trials=1)

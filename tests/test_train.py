@@ -52,11 +52,12 @@ def test_best_weights_are_restored(tiny_data):
 def test_the_result_says_where_the_time_went(tiny_data):
     config = TrainConfig(steps=6, eval_every=3, patch_shape=(16, 16, 8), depth=2, seed=1)
     result = train(TINY, tiny_data, config)
-    parts = [result.setup_seconds, result.first_step_seconds, result.step_seconds, result.eval_seconds]
+    times = result.times
+    parts = [times.setup_seconds, times.first_step_seconds, times.step_seconds, times.eval_seconds]
     assert all(seconds > 0 for seconds in parts), parts
-    assert result.first_step_seconds < result.setup_seconds  # set-up also builds and compiles the model
+    assert times.first_step_seconds < times.setup_seconds  # set-up also builds and compiles the model
     # The loop (`seconds`) starts after the build: it holds the first step, the later steps and the evaluations.
-    assert result.first_step_seconds + result.step_seconds + result.eval_seconds <= result.seconds
+    assert times.first_step_seconds + times.step_seconds + times.eval_seconds <= result.seconds
 
 
 def test_on_eval_can_stop_training(tiny_data):
