@@ -21,13 +21,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from model.config import TrainConfig  # noqa: E402
 from model.data import load_dataset, load_train_data, split_cases  # noqa: E402
-from model.losses import get_loss  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.patches import PatchSampler  # noqa: E402
 from model.synth import write_dataset  # noqa: E402
-from model.train import make_optimizer  # noqa: E402
-from model.unet import build_unet  # noqa: E402
+from model.train import compiled_unet  # noqa: E402
 
 
 def main() -> None:
@@ -49,10 +48,8 @@ def main() -> None:
         load_seconds = time.perf_counter() - started
     sampler = PatchSampler(data.train, patch_shape=patch, batch_size=args.batch, num_classes=data.num_classes, seed=0)
 
-    params = Hyperparameters(channels=args.channels)
-    model = build_unet(channels=args.channels, keep_prob=params.keep_prob, l2=params.l2)
-    model.compile(optimizer=make_optimizer(params, "global"), loss=get_loss("joint"), jit_compile="auto")
-    model.optimizer.build(model.trainable_variables)
+    config = TrainConfig(patch_shape=patch, batch_size=args.batch)
+    model = compiled_unet(Hyperparameters(channels=args.channels), config, in_channels=1, num_classes=data.num_classes)
     preloaded = sampler.next_batch()
     for _ in range(3):  # tracing and warm-up
         model.train_on_batch(*preloaded)

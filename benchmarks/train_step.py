@@ -22,10 +22,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from model.config import TrainConfig  # noqa: E402
 from model.inference import predict_labels  # noqa: E402
-from model.losses import get_loss  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
-from model.train import make_optimizer  # noqa: E402
+from model.train import compiled_unet  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 
 
@@ -59,9 +59,8 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
 
 def step_seconds(block: str, patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> tuple[float, float]:
     """(median seconds per training step, forward FLOPs per batch) for one network."""
-    params = Hyperparameters(channels=channels)
-    model = build_unet(channels=channels, block=block, spatial_shape=patch, keep_prob=params.keep_prob, l2=params.l2)
-    model.compile(optimizer=make_optimizer(params, "global"), loss=get_loss("joint"), jit_compile="auto")
+    config = TrainConfig(patch_shape=patch, batch_size=batch, block=block)
+    model = compiled_unet(Hyperparameters(channels=channels), config, in_channels=1, num_classes=2, spatial_shape=patch)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]

@@ -81,6 +81,36 @@ def make_optimizer(params: Hyperparameters, clip: str) -> keras.optimizers.Optim
     )
 
 
+def compiled_unet(
+    params: Hyperparameters,
+    config: TrainConfig,
+    *,
+    in_channels: int,
+    num_classes: int,
+    spatial_shape: tuple[int, int, int] | None = None,
+) -> keras.Model:
+    """The U-Net of `params` and `config`, compiled with Adam and the loss, ready for train_on_batch.
+
+    `spatial_shape` fixes the input size (X, Y, Z); None accepts any size.
+    """
+    model = build_unet(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        channels=params.channels,
+        depth=config.depth,
+        keep_prob=params.keep_prob,
+        l2=params.l2,
+        block=config.block,
+        spatial_shape=spatial_shape,
+    )
+    # jit_compile="auto" leaves XLA off on CPU-only machines, where it is several times slower here.
+    model.compile(optimizer=make_optimizer(params, config.clip), loss=get_loss(config.loss), jit_compile="auto")
+    # Creating Adam's slots now spares train_on_batch a second trace of the training function
+    # (otherwise traced once just to create them): about half of the per-trial start-up.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def train(
     params: Hyperparameters,
     data: TrainData,
@@ -111,20 +141,7 @@ def train(
         keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         _enable_op_determinism()
-    model = build_unet(
-        in_channels=data.in_channels,
-        num_classes=data.num_classes,
-        channels=params.channels,
-        depth=config.depth,
-        keep_prob=params.keep_prob,
-        l2=params.l2,
-        block=config.block,
-    )
-    # jit_compile="auto" leaves XLA off on CPU-only machines, where it is several times slower here.
-    model.compile(optimizer=make_optimizer(params, config.clip), loss=get_loss(config.loss), jit_compile="auto")
-    # Creating Adam's slots now spares train_on_batch a second trace of the training function
-    # (otherwise traced once just to create them): about half of the per-trial start-up.
-    model.optimizer.build(model.trainable_variables)
+    model = compiled_unet(params, config, in_channels=data.in_channels, num_classes=data.num_classes)
     sampler = PatchSampler(
         data.train,
         patch_shape=config.patch_shape,
