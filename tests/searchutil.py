@@ -126,17 +126,24 @@ def trials_in(storage_url: str, *states) -> list:
     return study.get_trials(deepcopy=False, states=states or None)
 
 
-def running_with_a_step(storage_url: str):
-    """a RUNNING trial that has reported an intermediate IoU"""
-    running = [t for t in trials_in(storage_url, TrialState.RUNNING) if t.intermediate_values and "worker_pid" in t.user_attrs]
+def running_with_a_step(storage_url: str, *, by_step: int | None = None):
+    """a RUNNING trial that has reported an intermediate IoU (with `by_step`: none after that step yet)
+
+    Tests that kill or interrupt the trial they find pass `by_step`, well before the trial's last step,
+    so that the trial cannot complete between being found and being hit.
+    """
+    running = [
+        t for t in trials_in(storage_url, TrialState.RUNNING)
+        if t.intermediate_values and "worker_pid" in t.user_attrs and (by_step is None or max(t.intermediate_values) <= by_step)
+    ]
     return running[0] if running else None
 
 
-def interrupt_and_resume(storage_url: str, study_file: Path, sig: int, *, trials: int) -> None:
-    """Send `sig` to a 2-worker launch mid-trial: workers gone within 10 s, the trial FAIL "interrupted";
-    a second launch re-runs it with the same hyperparameters and reaches `trials` COMPLETE."""
+def interrupt_and_resume(storage_url: str, study_file: Path, sig: int, *, trials: int, by_step: int = 16) -> None:
+    """Send `sig` to a 2-worker launch mid-trial (a trial not yet past `by_step`): workers gone within 10 s,
+    the trial FAIL "interrupted"; a second launch re-runs it with the same hyperparameters and reaches `trials` COMPLETE."""
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
-    running = wait_for(lambda: running_with_a_step(storage_url), timeout=180)
+    running = wait_for(lambda: running_with_a_step(storage_url, by_step=by_step), timeout=180)
     workers = {t.user_attrs["worker_pid"] for t in trials_in(storage_url) if "worker_pid" in t.user_attrs}
     started = time.monotonic()
     launch.send_signal(sig)

@@ -76,7 +76,7 @@ def test_a_worker_elsewhere_that_dies_silently_is_failed_by_heartbeat_and_its_tr
         for i in range(2)
     ]
     try:
-        victim = wait_for(lambda: running_with_a_step(postgres_url), timeout=180)
+        victim = wait_for(lambda: running_with_a_step(postgres_url, by_step=16), timeout=180)  # of 40 steps
         [survivor] = [w for w in workers if w.pid != victim.user_attrs["worker_pid"]]
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
         killed_at = time.monotonic()

@@ -43,9 +43,13 @@ def test_two_workers_reach_exactly_the_target(storage_url, tmp_path):
     assert any((tmp_path / "studies" / "artifacts").iterdir())
 
 
+# Trials of 40 steps are killed while at step 16 or before, so they cannot complete before the kill lands.
+EARLY_STEP = 16
+
+
 def _another_running_trial_with_a_step(storage_url, first):
-    """a RUNNING trial with a reported IoU, other than `first` and not run by its (dead) worker"""
-    trial = running_with_a_step(storage_url)
+    """a RUNNING trial with a reported IoU and far from its end, other than `first` and not run by its (dead) worker"""
+    trial = running_with_a_step(storage_url, by_step=EARLY_STEP)
     if trial is None or trial.number == first.number or trial.user_attrs["worker_pid"] == first.user_attrs["worker_pid"]:
         return None
     return trial
@@ -55,7 +59,7 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_pat
     """Two workers are killed mid-trial, one after the other: both trials FAIL and are re-run."""
     study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
-    victim = wait_for(lambda: running_with_a_step(storage_url), timeout=180)
+    victim = wait_for(lambda: running_with_a_step(storage_url, by_step=EARLY_STEP), timeout=180)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
     second = wait_for(lambda: _another_running_trial_with_a_step(storage_url, victim), timeout=180)
     os.kill(second.user_attrs["worker_pid"], signal.SIGKILL)
