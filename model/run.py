@@ -97,10 +97,15 @@ def load_run(path: str | os.PathLike) -> Run:
             raise InputError(f"{path} is not a model folder (no {name}); give the --out folder of 'hpsearch train'.")
     import keras
 
+    from model.unet import SliceConv3D
+
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
         config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
-        model = keras.models.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+        # Our one layer class of our own, named outright: safe mode still refuses stored Python code.
+        model = keras.models.load_model(
+            path / MODEL_FILE, compile=False, safe_mode=True, custom_objects={"SliceConv3D": SliceConv3D}
+        )
     except (ValueError, KeyError, TypeError, OSError) as error:
         if "safe_mode" in str(error):  # Keras refused a layer that would run stored Python code
             raise InputError(

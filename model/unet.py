@@ -3,29 +3,76 @@
 Shape contract: input (B, X, Y, Z, C) with X, Y, Z any multiple of 2**depth (use
 `model.inference.predict_volume` for other sizes, which pads and crops); output the same
 spatial size with `num_classes` softmax channels, (B, X, Y, Z, num_classes).
+
+Inside the network volumes are held as (B, Z, X, Y, C). The factorized block's two xy-plane
+convolutions then run as 2D convolutions over the (B·Z) slices, a reshape that moves no memory,
+which on CPUs is 1.3–1.45× faster per training step than flat 3D kernels in (X, Y, Z) order
+(benchmarks/README.md). It changes only the order of the arithmetic: the network is the same.
 """
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from model.config import BLOCKS
 
+# (B, X, Y, Z, C) <-> (B, Z, X, Y, C), as keras.layers.Permute's 1-based dimension orders.
+TO_INTERNAL = (3, 1, 2, 4)
+TO_EXTERNAL = (2, 3, 1, 4)
+
 # The factorized block: four 2D convolutions, one per orthogonal plane, the first plane again last.
-FACTORIZED_KERNELS = {"xy": (3, 3, 1), "xz": (3, 1, 3), "yz": (1, 3, 3), "xy2": (3, 3, 1)}
+# Kernel sizes are in the internal (Z, X, Y) order: "xy" is 3×3 in x and y and 1 in z.
+FACTORIZED_KERNELS = {"xy": (1, 3, 3), "xz": (3, 3, 1), "yz": (3, 1, 3), "xy2": (1, 3, 3)}
 FULL_KERNELS = {"full1": (3, 3, 3), "full2": (3, 3, 3), "full3": (3, 3, 3), "full4": (3, 3, 3)}
 
 
-def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str):
-    """Four convolutions, each followed by ReLU and dropout: (B, X, Y, Z, *) -> (B, X, Y, Z, filters).
+@keras.saving.register_keras_serializable(package="hpsearch")
+class SliceConv3D(layers.Conv3D):
+    """A Conv3D with kernel (1, kh, kw), run as a 2D convolution on each slice of the first spatial axis.
 
-    `block="factorized"` uses kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 (the paper's); `"full"` uses four
-    3×3×3 kernels, to measure what the factorization saves.
+    Weights, configuration and output are those of the Conv3D it subclasses: input (B, D, H, W, C_in),
+    output (B, D, H, W, filters), kernel (1, kh, kw, C_in, filters). The input is reshaped to
+    (B·D, H, W, C_in), which CPUs convolve faster than a 3D convolution with a flat kernel.
+    """
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if (
+            self.kernel_size[0] != 1
+            or self.strides != (1, 1, 1)
+            or self.dilation_rate != (1, 1, 1)
+            or self.groups != 1
+            or self.data_format != "channels_last"
+        ):
+            raise ValueError(
+                f"SliceConv3D needs kernel (1, kh, kw), stride 1, no dilation or groups and channels_last; got "
+                f"kernel {self.kernel_size}, strides {self.strides}, dilation {self.dilation_rate}, groups {self.groups}, {self.data_format}."
+            )
+
+    def call(self, inputs):
+        shape = ops.shape(inputs)
+        slices = ops.reshape(inputs, (-1, shape[2], shape[3], shape[4]))
+        outputs = ops.conv(slices, self.kernel[0], strides=1, padding=self.padding, data_format="channels_last")
+        # Bias and activation on the 2D result, where TensorFlow can fuse them into the convolution.
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return ops.reshape(outputs, (shape[0], shape[1], shape[2], shape[3], self.filters))
+
+
+def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str):
+    """Four convolutions, each followed by ReLU and dropout: (B, Z, X, Y, *) -> (B, Z, X, Y, filters).
+
+    `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z), which are
+    FACTORIZED_KERNELS in the internal (z, x, y) order; `"full"` uses four 3×3×3 kernels, to measure
+    what the factorization saves.
     """
     kernels = FACTORIZED_KERNELS if block == "factorized" else FULL_KERNELS
     for plane, kernel in kernels.items():
-        x = layers.Conv3D(
+        conv = SliceConv3D if kernel[0] == 1 else layers.Conv3D
+        x = conv(
             filters,
             kernel,
             padding="same",
@@ -78,7 +125,7 @@ def build_unet(
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
 
     inputs = keras.Input(shape=(*(spatial_shape or (None, None, None)), in_channels), name="image")
-    x = inputs
+    x = layers.Permute(TO_INTERNAL, name="to_zxy")(inputs)
     skips = []
     for level in range(depth):
         x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}")
@@ -96,6 +143,7 @@ def build_unet(
     # The last block ends in dropout, which is the paper's "dropout right before the output
     # layer"; a second one there would drop twice.
     x = layers.Conv3D(num_classes, 1, kernel_regularizer=regularizer, name="out_conv")(x)
+    x = layers.Permute(TO_EXTERNAL, name="to_xyz")(x)
     # Softmax in float32 so the IoU sums stay in float32 under mixed precision too.
     outputs = layers.Softmax(axis=-1, dtype="float32", name="out_softmax")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -9,11 +10,64 @@ from keras import ops
 from model.inference import predict_labels, predict_probabilities
 from model.losses import joint_iou_loss, per_class_iou_loss
 from model.metrics import iou_counts, iou_from_counts, mean_foreground_iou
-from model.unet import build_unet
+from model.unet import SliceConv3D, build_unet
 
 
 def conv_kernels(model, prefix):
-    return {layer.name: tuple(layer.kernel_size) for layer in model.layers if layer.name.startswith(prefix) and "_conv_" in layer.name}
+    """{layer name: kernel size in (x, y, z)}; the network holds volumes as (z, x, y) inside."""
+    return {
+        layer.name: (layer.kernel_size[1], layer.kernel_size[2], layer.kernel_size[0])
+        for layer in model.layers if layer.name.startswith(prefix) and "_conv_" in layer.name
+    }
+
+
+def reference_unet(model, *, depth: int):
+    """The same network as `model` (dropout off) with plain Conv3D layers in (B, X, Y, Z, C) order, and its weights."""
+    inputs = keras.Input(shape=(None, None, None, model.input.shape[-1]))
+    x, skips = inputs, []
+
+    def block(x, prefix):
+        for layer in model.layers:
+            if layer.name.startswith(prefix + "_conv_"):
+                kz, kx, ky = layer.kernel_size
+                conv = keras.layers.Conv3D(layer.filters, (kx, ky, kz), padding="same", activation="relu")
+                x = conv(x)
+                kernel, bias = layer.get_weights()
+                conv.set_weights([kernel.transpose(1, 2, 0, 3, 4), bias])
+        return x
+
+    for level in range(depth):
+        x = block(x, f"enc{level + 1}")
+        skips.append(x)
+        x = keras.layers.MaxPooling3D(2)(x)
+    x = block(x, "bottom")
+    for level in reversed(range(depth)):
+        up = model.get_layer(f"dec{level + 1}_up")
+        conv = keras.layers.Conv3DTranspose(up.filters, 1, strides=2)
+        x = keras.layers.Concatenate()([conv(x), skips[level]])
+        conv.set_weights(up.get_weights())  # 1×1×1 kernels read the same in any axis order
+        x = block(x, f"dec{level + 1}")
+    out = model.get_layer("out_conv")
+    conv = keras.layers.Conv3D(out.filters, 1)
+    x = conv(x)
+    conv.set_weights(out.get_weights())
+    return keras.Model(inputs, keras.layers.Softmax()(x))
+
+
+@pytest.mark.parametrize("block", ["factorized", "full"])
+def test_the_network_equals_plain_conv3d_layers_in_xyz_order(block):
+    """The internal (z, x, y) order and the slice-wise 2D convolutions change the arithmetic's order only."""
+    model = build_unet(in_channels=2, num_classes=3, channels=3, depth=2, keep_prob=1.0, block=block)
+    reference = reference_unet(model, depth=2)
+    x = np.random.default_rng(0).normal(size=(2, 12, 8, 16, 2)).astype(np.float32)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model(x, training=False)), ops.convert_to_numpy(reference(x, training=False)), atol=1e-5
+    )
+
+
+def test_slice_conv_refuses_a_kernel_that_is_not_flat_in_its_first_axis():
+    with pytest.raises(ValueError, match="kernel \\(1, kh, kw\\)"):
+        SliceConv3D(4, (3, 3, 1))
 
 
 def test_factorized_block_uses_the_papers_plane_kernels():
