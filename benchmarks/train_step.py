@@ -11,8 +11,10 @@ process. Everything is measured side by side in one run, so the ratios hold on a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -58,33 +60,59 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
     return 2.0 * size**3 / statistics.median(times)
 
 
-def step_seconds(block: str, patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> tuple[float, float]:
-    """(median seconds per training step, forward FLOPs per batch) for one network."""
-    config = TrainConfig(patch_shape=patch, batch_size=batch, block=block)
-    model = compiled_unet(Hyperparameters(channels=channels), config, in_channels=1, num_classes=2, spatial_shape=patch)
+# The networks timed side by side at each patch size: (block, layout).
+VARIANTS = (("factorized", "zxy"), ("factorized", "xyz"), ("full", "zxy"))
+
+
+@dataclasses.dataclass
+class StepTiming:
+    seconds: float  # median seconds per training step
+    flops: float  # forward FLOPs per batch
+    faults: float  # minor page faults per step (memory the allocator handed back and takes again)
+
+
+def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> dict[tuple[str, str], StepTiming]:
+    """Every network of VARIANTS trained on the same batch, their steps interleaved so that all of them
+    see the same machine (a shared machine's speed drifts over minutes)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]
-    for _ in range(3):  # tracing and warm-up
-        model.train_on_batch(x, y)
-    times = []
+    models = {}
+    for block, layout in VARIANTS:
+        config = TrainConfig(patch_shape=patch, batch_size=batch, block=block)
+        models[block, layout] = compiled_unet(
+            Hyperparameters(channels=channels), config, in_channels=1, num_classes=2, spatial_shape=patch, layout=layout
+        )
+        for _ in range(3):  # tracing and warm-up
+            models[block, layout].train_on_batch(x, y)
+    times: dict = {key: [] for key in models}
+    faults: dict = {key: 0 for key in models}
     for _ in range(steps):
-        started = time.perf_counter()
-        model.train_on_batch(x, y)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), conv_flops(model) * batch
+        for key, model in models.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            started = time.perf_counter()
+            model.train_on_batch(x, y)
+            times[key].append(time.perf_counter() - started)
+            faults[key] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return {
+        key: StepTiming(statistics.median(times[key]), conv_flops(model) * batch, faults[key] / steps)
+        for key, model in models.items()
+    }
 
 
-def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: int = 3) -> float:
-    model = build_unet(channels=channels)
+def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of whole-volume inference per layout, interleaved."""
+    models = {layout: build_unet(channels=channels, layout=layout) for layout in ("zxy", "xyz")}
     image = np.random.default_rng(0).normal(size=(*shape, 1)).astype(np.float32)
-    predict_labels(model, image, depth=3)  # warm up
-    times = []
+    times: dict = {layout: [] for layout in models}
+    for model in models.values():
+        predict_labels(model, image, depth=3)  # warm up
     for _ in range(repeats):
-        started = time.perf_counter()
-        predict_labels(model, image, depth=3)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for layout, model in models.items():
+            started = time.perf_counter()
+            predict_labels(model, image, depth=3)
+            times[layout].append(time.perf_counter() - started)
+    return {layout: statistics.median(t) for layout, t in times.items()}
 
 
 def main() -> None:
@@ -99,19 +127,22 @@ def main() -> None:
     patches = [tuple(int(v) for v in p.split("x")) for p in args.patches.split(",")]
     peak = matmul_flops_per_second(args.matmul_size)
     print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; float32 {args.matmul_size}² matmul {peak / 1e9:.1f} GFLOP/s")
-    print("| patch | block | step (s) | model GFLOP/s | efficiency | factorized/full time |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    allocator = "pooling (BFC)" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true") else "default"
+    print(f"TensorFlow CPU allocator: {allocator}")
+    print("| patch | block | layout | step (s) | model GFLOP/s | efficiency | page faults per step |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for patch in patches:
-        results = {}
-        for block in ("factorized", "full"):
-            seconds, flops = step_seconds(block, patch, channels=args.channels, batch=args.batch, steps=args.steps)
-            results[block] = seconds
-            rate = 3 * flops / seconds
-            ratio = f"{results['factorized'] / seconds:.2f}" if block == "full" else ""
-            print(f"| {'x'.join(map(str, patch))} | {block} | {seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {ratio} |", flush=True)
+        timings = step_timings(patch, channels=args.channels, batch=args.batch, steps=args.steps)
+        for (block, layout), timing in timings.items():
+            rate = 3 * timing.flops / timing.seconds
+            print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
+        factorized, plain, full = (timings[key].seconds for key in VARIANTS)
+        print(f"|   | factorized/full step time (zxy): {factorized / full:.2f}; zxy/xyz (factorized): {factorized / plain:.2f} | | | | | |", flush=True)
     if args.inference:
         shape = tuple(int(v) for v in args.inference.split("x"))
-        print(f"whole-volume inference of {args.inference}, {args.channels} channels: {inference_seconds(shape, channels=args.channels):.2f} s")
+        seconds = inference_seconds(shape, channels=args.channels)
+        print(f"whole-volume inference of {args.inference}, {args.channels} channels: "
+              f"{seconds['zxy']:.2f} s (zxy), {seconds['xyz']:.2f} s (xyz)")
 
 
 if __name__ == "__main__":

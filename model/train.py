@@ -88,10 +88,11 @@ def compiled_unet(
     in_channels: int,
     num_classes: int,
     spatial_shape: tuple[int, int, int] | None = None,
+    layout: str = "zxy",
 ) -> keras.Model:
     """The U-Net of `params` and `config`, compiled with Adam and the loss, ready for train_on_batch.
 
-    `spatial_shape` fixes the input size (X, Y, Z); None accepts any size.
+    `spatial_shape` fixes the input size (X, Y, Z); None accepts any size. `layout` is build_unet's.
     """
     model = build_unet(
         in_channels=in_channels,
@@ -102,6 +103,7 @@ def compiled_unet(
         l2=params.l2,
         block=config.block,
         spatial_shape=spatial_shape,
+        layout=layout,
     )
     # jit_compile="auto" leaves XLA off on CPU-only machines, where it is several times slower here.
     model.compile(optimizer=make_optimizer(params, config.clip), loss=get_loss(config.loss), jit_compile="auto")

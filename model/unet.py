@@ -17,13 +17,16 @@ from keras import layers, ops
 
 from model.config import BLOCKS
 
+# The axis orders a network can hold volumes in: "zxy" (the default; see the module docstring) or
+# "xyz", the input's own order with plain Conv3D layers, kept to measure the other against.
+LAYOUTS = ("zxy", "xyz")
 # (B, X, Y, Z, C) <-> (B, Z, X, Y, C), as keras.layers.Permute's 1-based dimension orders.
-TO_INTERNAL = (3, 1, 2, 4)
-TO_EXTERNAL = (2, 3, 1, 4)
+TO_ZXY = (3, 1, 2, 4)
+TO_XYZ = (2, 3, 1, 4)
 
 # The factorized block: four 2D convolutions, one per orthogonal plane, the first plane again last.
-# Kernel sizes are in the internal (Z, X, Y) order: "xy" is 3×3 in x and y and 1 in z.
-FACTORIZED_KERNELS = {"xy": (1, 3, 3), "xz": (3, 3, 1), "yz": (3, 1, 3), "xy2": (1, 3, 3)}
+# Kernel sizes in (x, y, z): "xy" is 3×3 in x and y and 1 in z.
+FACTORIZED_KERNELS = {"xy": (3, 3, 1), "xz": (3, 1, 3), "yz": (1, 3, 3), "xy2": (3, 3, 1)}
 FULL_KERNELS = {"full1": (3, 3, 3), "full2": (3, 3, 3), "full3": (3, 3, 3), "full4": (3, 3, 3)}
 
 
@@ -62,16 +65,18 @@ class SliceConv3D(layers.Conv3D):
         return ops.reshape(outputs, (shape[0], shape[1], shape[2], shape[3], self.filters))
 
 
-def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str):
-    """Four convolutions, each followed by ReLU and dropout: (B, Z, X, Y, *) -> (B, Z, X, Y, filters).
+def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str, layout: str = "zxy"):
+    """Four convolutions, each followed by ReLU and dropout: (B, *spatial, *) -> (B, *spatial, filters).
 
-    `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z), which are
-    FACTORIZED_KERNELS in the internal (z, x, y) order; `"full"` uses four 3×3×3 kernels, to measure
-    what the factorization saves.
+    `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z); `"full"`
+    uses four 3×3×3 kernels, to measure what the factorization saves. With `layout="zxy"` the
+    spatial axes of `x` are (z, x, y), kernel sizes are stored in that order, and kernels flat in z
+    run as SliceConv3D; with "xyz" they are (x, y, z) and every layer is a plain Conv3D.
     """
     kernels = FACTORIZED_KERNELS if block == "factorized" else FULL_KERNELS
-    for plane, kernel in kernels.items():
-        conv = SliceConv3D if kernel[0] == 1 else layers.Conv3D
+    for plane, (kx, ky, kz) in kernels.items():
+        kernel = (kz, kx, ky) if layout == "zxy" else (kx, ky, kz)
+        conv = SliceConv3D if layout == "zxy" and kz == 1 else layers.Conv3D
         x = conv(
             filters,
             kernel,
@@ -95,6 +100,7 @@ def build_unet(
     l2: float = 3.0e-4,
     block: str = "factorized",
     spatial_shape: tuple[int, int, int] | None = None,
+    layout: str = "zxy",
     name: str = "unet",
 ) -> keras.Model:
     """Build the paper's U-Net.
@@ -108,6 +114,8 @@ def build_unet(
         l2: L2 weight on every convolution kernel (Keras's L2: weight · Σ w²).
         block: "factorized" (the paper's plane-wise block) or "full" (3×3×3 kernels).
         spatial_shape: fix the input size (X, Y, Z); None (default) accepts any size.
+        layout: the axis order inside the network, "zxy" (default, faster) or "xyz" (plain Conv3D
+            layers, the reference it is measured and tested against); the same network either way.
 
     Returns:
         An uncompiled `keras.Model` mapping (B, X, Y, Z, in_channels) to softmax
@@ -115,6 +123,8 @@ def build_unet(
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}, got {block!r}.")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     if depth < 1 or channels < 1 or num_classes < 2 or in_channels < 1:
         raise ValueError(
             f"depth ({depth}), channels ({channels}), in_channels ({in_channels}) must be ≥ 1 and num_classes ({num_classes}) ≥ 2."
@@ -125,13 +135,13 @@ def build_unet(
     regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
 
     inputs = keras.Input(shape=(*(spatial_shape or (None, None, None)), in_channels), name="image")
-    x = layers.Permute(TO_INTERNAL, name="to_zxy")(inputs)
+    x = layers.Permute(TO_ZXY, name="to_zxy")(inputs) if layout == "zxy" else inputs
     skips = []
     for level in range(depth):
-        x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}")
+        x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}", layout=layout)
         skips.append(x)
         x = layers.MaxPooling3D(pool_size=2, name=f"enc{level + 1}_pool")(x)
-    x = conv_block(x, channels * 2**depth, block=block, dropout=dropout, l2=l2, name="bottom")
+    x = conv_block(x, channels * 2**depth, block=block, dropout=dropout, l2=l2, name="bottom", layout=layout)
     for level in reversed(range(depth)):
         filters = channels * 2**level
         # The paper's upconvolution: a 1×1×1 kernel with stride 2.
@@ -139,11 +149,12 @@ def build_unet(
             filters, 1, strides=2, kernel_regularizer=regularizer, name=f"dec{level + 1}_up"
         )(x)
         x = layers.Concatenate(name=f"dec{level + 1}_concat")([x, skips[level]])
-        x = conv_block(x, filters, block=block, dropout=dropout, l2=l2, name=f"dec{level + 1}")
+        x = conv_block(x, filters, block=block, dropout=dropout, l2=l2, name=f"dec{level + 1}", layout=layout)
     # The last block ends in dropout, which is the paper's "dropout right before the output
     # layer"; a second one there would drop twice.
     x = layers.Conv3D(num_classes, 1, kernel_regularizer=regularizer, name="out_conv")(x)
-    x = layers.Permute(TO_EXTERNAL, name="to_xyz")(x)
+    if layout == "zxy":
+        x = layers.Permute(TO_XYZ, name="to_xyz")(x)
     # Softmax in float32 so the IoU sums stay in float32 under mixed precision too.
     outputs = layers.Softmax(axis=-1, dtype="float32", name="out_softmax")(x)
     return keras.Model(inputs, outputs, name=name)

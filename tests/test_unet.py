@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -21,44 +20,24 @@ def conv_kernels(model, prefix):
     }
 
 
-def reference_unet(model, *, depth: int):
-    """The same network as `model` (dropout off) with plain Conv3D layers in (B, X, Y, Z, C) order, and its weights."""
-    inputs = keras.Input(shape=(None, None, None, model.input.shape[-1]))
-    x, skips = inputs, []
-
-    def block(x, prefix):
-        for layer in model.layers:
-            if layer.name.startswith(prefix + "_conv_"):
-                kz, kx, ky = layer.kernel_size
-                conv = keras.layers.Conv3D(layer.filters, (kx, ky, kz), padding="same", activation="relu")
-                x = conv(x)
-                kernel, bias = layer.get_weights()
-                conv.set_weights([kernel.transpose(1, 2, 0, 3, 4), bias])
-        return x
-
-    for level in range(depth):
-        x = block(x, f"enc{level + 1}")
-        skips.append(x)
-        x = keras.layers.MaxPooling3D(2)(x)
-    x = block(x, "bottom")
-    for level in reversed(range(depth)):
-        up = model.get_layer(f"dec{level + 1}_up")
-        conv = keras.layers.Conv3DTranspose(up.filters, 1, strides=2)
-        x = keras.layers.Concatenate()([conv(x), skips[level]])
-        conv.set_weights(up.get_weights())  # 1×1×1 kernels read the same in any axis order
-        x = block(x, f"dec{level + 1}")
-    out = model.get_layer("out_conv")
-    conv = keras.layers.Conv3D(out.filters, 1)
-    x = conv(x)
-    conv.set_weights(out.get_weights())
-    return keras.Model(inputs, keras.layers.Softmax()(x))
+def test_an_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        build_unet(layout="yxz")
 
 
 @pytest.mark.parametrize("block", ["factorized", "full"])
-def test_the_network_equals_plain_conv3d_layers_in_xyz_order(block):
+def test_the_zxy_network_equals_plain_conv3d_layers_in_xyz_order(block):
     """The internal (z, x, y) order and the slice-wise 2D convolutions change the arithmetic's order only."""
     model = build_unet(in_channels=2, num_classes=3, channels=3, depth=2, keep_prob=1.0, block=block)
-    reference = reference_unet(model, depth=2)
+    reference = build_unet(in_channels=2, num_classes=3, channels=3, depth=2, keep_prob=1.0, block=block, layout="xyz")
+    assert not any(isinstance(layer, SliceConv3D) for layer in reference.layers)
+    assert conv_kernels(model, "") == {layer.name: tuple(layer.kernel_size) for layer in reference.layers if "_conv_" in layer.name}
+    for layer in model.layers:
+        if layer.weights:
+            weights = layer.get_weights()
+            if "_conv_" in layer.name:  # (z, x, y, in, out) -> (x, y, z, in, out)
+                weights[0] = weights[0].transpose(1, 2, 0, 3, 4)
+            reference.get_layer(layer.name).set_weights(weights)  # 1×1×1 kernels read the same in any order
     x = np.random.default_rng(0).normal(size=(2, 12, 8, 16, 2)).astype(np.float32)
     np.testing.assert_allclose(
         ops.convert_to_numpy(model(x, training=False)), ops.convert_to_numpy(reference(x, training=False)), atol=1e-5
