@@ -1,9 +1,12 @@
-"""Training-step efficiency of the paper's U-Net, the factorized block against the full 3×3×3 block, and
-whole-volume inference.
+"""Training-step efficiency of the paper's U-Net, the factorized block against the full 3×3×3 block, the
+network's internal axis order (zxy, the default, against plain Conv3D layers in xyz), and whole-volume
+inference.
 
 Efficiency = model FLOP/s of one training step (convolution FLOPs counted from the layer shapes;
 forward + backward ≈ 3 × forward) ÷ the FLOP/s of a large float32 matrix product in the same
-process. Everything is measured side by side in one run, so the ratios hold on a noisy machine.
+process. The networks' steps are interleaved in one process, so the ratios hold on a noisy machine.
+TensorFlow's CPU allocator is chosen per process: TF_CPU_ALLOCATOR_USE_BFC=false runs the
+benchmark on TensorFlow's default allocator instead of the pooling one hpsearch chooses.
 
     python benchmarks/train_step.py [--channels 30] [--batch 2] [--steps 10] [--patches 64x64x16,128x128x16]
 """
