@@ -130,8 +130,9 @@ def main() -> None:
     patches = [tuple(int(v) for v in p.split("x")) for p in args.patches.split(",")]
     peak = matmul_flops_per_second(args.matmul_size)
     print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; float32 {args.matmul_size}² matmul {peak / 1e9:.1f} GFLOP/s")
-    allocator = "pooling (BFC)" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true") else "default"
-    print(f"TensorFlow CPU allocator: {allocator}")
+    if keras.backend.backend() == "tensorflow":
+        allocator = "pooling (BFC)" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true") else "default"
+        print(f"TensorFlow CPU allocator: {allocator}")
     print("| patch | block | layout | step (s) | model GFLOP/s | efficiency | page faults per step |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for patch in patches:

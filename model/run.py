@@ -102,7 +102,8 @@ def load_run(path: str | os.PathLike) -> Run:
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
         config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
-        # Our one layer class of our own, named outright: safe mode still refuses stored Python code.
+        # SliceConv3D is hpsearch's own layer class, named so that safe mode loads it; safe mode
+        # still refuses any stored Python code (a Lambda layer).
         model = keras.models.load_model(
             path / MODEL_FILE, compile=False, safe_mode=True, custom_objects={"SliceConv3D": SliceConv3D}
         )
