@@ -9,6 +9,9 @@ TensorFlow's CPU allocator is chosen per process: TF_CPU_ALLOCATOR_USE_BFC=false
 benchmark on TensorFlow's default allocator instead of the pooling one hpsearch chooses.
 
     python benchmarks/train_step.py [--channels 30] [--batch 2] [--steps 10] [--patches 64x64x16,128x128x16]
+
+On a GPU without TensorFlow, run it on Keras's JAX backend: KERAS_BACKEND=jax python benchmarks/train_step.py
+--matmul-size 8192 [--dtype-policy mixed_bfloat16].
 """
 
 from __future__ import annotations
@@ -49,10 +52,10 @@ def conv_flops(model: keras.Model) -> float:
     return float(total)
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a float32 size×size matrix product (the machine's practical peak)."""
-    a = keras.random.normal((size, size))
-    b = keras.random.normal((size, size))
+def matmul_flops_per_second(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """FLOP/s of a size×size matrix product in dtype (the machine's practical peak for that dtype)."""
+    a = keras.random.normal((size, size), dtype=dtype)
+    b = keras.random.normal((size, size), dtype=dtype)
     # Reading back a scalar waits for the product without timing a copy of the whole matrix.
     ops.convert_to_numpy(ops.sum(ops.matmul(a, b)))  # warm up
     times = []
@@ -126,10 +129,15 @@ def main() -> None:
     parser.add_argument("--patches", default="64x64x16,128x128x16")
     parser.add_argument("--inference", default="256x256x16", help="volume for the inference timing ('' to skip)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="size of the reference matrix product (use 8192 on a GPU)")
+    parser.add_argument("--dtype-policy", default="float32", help="Keras dtype policy of the networks, e.g. mixed_bfloat16 on a GPU")
     args = parser.parse_args()
     patches = [tuple(int(v) for v in p.split("x")) for p in args.patches.split(",")]
-    peak = matmul_flops_per_second(args.matmul_size)
-    print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; float32 {args.matmul_size}² matmul {peak / 1e9:.1f} GFLOP/s")
+    keras.config.set_dtype_policy(args.dtype_policy)
+    # The reference product runs in the networks' compute dtype, so efficiency compares like with like.
+    compute_dtype = keras.config.dtype_policy().compute_dtype
+    peak = matmul_flops_per_second(args.matmul_size, dtype=compute_dtype)
+    print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; "
+          f"dtype policy {args.dtype_policy}; {compute_dtype} {args.matmul_size}² matmul {peak / 1e9:.1f} GFLOP/s")
     if keras.backend.backend() == "tensorflow":
         allocator = "pooling (BFC)" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true") else "default"
         print(f"TensorFlow CPU allocator: {allocator}")
