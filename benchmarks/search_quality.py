@@ -46,6 +46,13 @@ METHODS: dict[str, tuple[dict, dict | None]] = {
         {"name": "neighborhood", "factor": 3.0},
         {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50},
     ),
+    # Successive halving on the factor-3 neighbourhood: a trial goes on past step 50 (and 150) only
+    # if its IoU there is in the top third of the trials that reached that step, so most trials
+    # cost 50 steps and the budget buys about three times as many.
+    "factor3+sha": (
+        {"name": "neighborhood", "factor": 3.0},
+        {"name": "successive_halving", "min_resource": 50, "reduction_factor": 3},
+    ),
 }
 DEFAULT_METHODS = "paper,paper+median,random,tpe"
 
@@ -76,7 +83,7 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     sampler, pruner = METHODS[method]
     config = load_study(study_file)
     steps = config.training["steps"]
-    if pruner is not None:
+    if pruner is not None and pruner["name"] in ("median", "percentile"):
         # Unless the method says otherwise, prune from half-way: the first evaluations are mostly noise.
         pruner = {"n_warmup_steps": steps // 2, **pruner}
     config = dataclasses.replace(config, seed=seed, sampler=sampler, pruner=pruner)
