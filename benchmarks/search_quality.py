@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=16, help="budget: this many full trials' training steps per search")
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, each in its own process")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="folder for search_quality.json and .html")
-    parser.add_argument("--resume", action="store_true", help="keep the searches already in --out's search_quality.json and run only the rest")
+    parser.add_argument("--resume", action="store_true", help="keep the searches already in --out's search_quality.json (all of them stay in it) and run only the missing ones")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -239,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tasks)} searches of {args.trials} trials' compute each, {args.jobs} at a time, {threads} thread(s) each", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    searches = []
+    searches, others = [], []
     if args.resume and (out / "search_quality.json").is_file():
         kept = json.loads((out / "search_quality.json").read_text())["searches"]
         searches = [s for s in kept if s["method"] in methods and s["seed"] < args.seeds]
+        # Records of other methods or seeds stay in the file, out of this run's table.
+        others = [s for s in kept if s not in searches]
         done = {(s["method"], s["seed"]) for s in searches}
         tasks = [t for t in tasks if (t[1], t[2]) not in done]
         print(f"resuming: {len(searches)} searches kept, {len(tasks)} to run", flush=True)
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             # Written after every search: hours of results survive an interrupted run.
-            (out / "search_quality.json").write_text(json.dumps({"args": vars(args), "searches": searches}, indent=1))
+            (out / "search_quality.json").write_text(json.dumps({"args": vars(args), "searches": others + searches}, indent=1))
 
     write_figure(searches, methods, out / "search_quality.html")
     print()
