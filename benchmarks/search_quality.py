@@ -227,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, each in its own process")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="folder for search_quality.json and .html")
     parser.add_argument("--resume", action="store_true", help="keep the searches already in --out's search_quality.json (all of them stay in it) and run only the missing ones")
+    parser.add_argument("--report", action="store_true", help="run nothing: print the table and draw the figure from the records in --out (with --resume's selection)")
     args = parser.parse_args(argv)
+    if args.report:
+        if not (Path(args.out) / "search_quality.json").is_file():
+            parser.error(f"--report reads {Path(args.out) / 'search_quality.json'}, which does not exist; run the searches first.")
+        args.resume = True
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -247,18 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         others = [s for s in kept if s not in searches]
         done = {(s["method"], s["seed"]) for s in searches}
         tasks = [t for t in tasks if (t[1], t[2]) not in done]
-        print(f"resuming: {len(searches)} searches kept, {len(tasks)} to run", flush=True)
-    with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_start_process, initargs=(threads,)) as pool:
-        for search in pool.imap_unordered(_star, tasks):
-            searches.append(search)
-            print(
-                f"{search['method']:>14} seed {search['seed']}: {len(search['trials'])} trials, "
-                f"best validation IoU {search['validation_iou']:.4f} (trial {search['winner']}), "
-                f"test IoU {search['test_iou']:.4f}, {search['seconds'] / 60:.1f} min",
-                flush=True,
-            )
-            # Written after every search: hours of results survive an interrupted run.
-            (out / "search_quality.json").write_text(json.dumps({"args": vars(args), "searches": others + searches}, indent=1))
+        if args.report:
+            print(f"report: {len(searches)} searches on record, {len(tasks)} missing (left out)", flush=True)
+            tasks = []
+        else:
+            print(f"resuming: {len(searches)} searches kept, {len(tasks)} to run", flush=True)
+    if tasks:
+        with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_start_process, initargs=(threads,)) as pool:
+            for search in pool.imap_unordered(_star, tasks):
+                searches.append(search)
+                print(
+                    f"{search['method']:>14} seed {search['seed']}: {len(search['trials'])} trials, "
+                    f"best validation IoU {search['validation_iou']:.4f} (trial {search['winner']}), "
+                    f"test IoU {search['test_iou']:.4f}, {search['seconds'] / 60:.1f} min",
+                    flush=True,
+                )
+                # Written after every search: hours of results survive an interrupted run.
+                (out / "search_quality.json").write_text(json.dumps({"args": vars(args), "searches": others + searches}, indent=1))
 
     write_figure(searches, methods, out / "search_quality.html")
     print()
