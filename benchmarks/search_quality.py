@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import multiprocessing
 import os
@@ -73,7 +74,7 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
     from optuna.trial import TrialState
 
-    from hpsearch.config import load_study
+    from hpsearch.config import PRUNERS, load_study
     from hpsearch.objective import MODEL_ARTIFACT_ATTR, Objective
     from hpsearch.worker import load_data
     from model.data import load_dataset, split_cases
@@ -83,8 +84,9 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     sampler, pruner = METHODS[method]
     config = load_study(study_file)
     steps = config.training["steps"]
-    if pruner is not None and pruner["name"] in ("median", "percentile"):
-        # Unless the method says otherwise, prune from half-way: the first evaluations are mostly noise.
+    if pruner is not None and "n_warmup_steps" in inspect.signature(getattr(optuna.pruners, PRUNERS[pruner["name"]])).parameters:
+        # Unless the method says otherwise, a pruner with a warm-up (median, percentile, threshold)
+        # prunes from half-way: the first evaluations are mostly noise.
         pruner = {"n_warmup_steps": steps // 2, **pruner}
     config = dataclasses.replace(config, seed=seed, sampler=sampler, pruner=pruner)
     data = load_data(config)
@@ -247,9 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     searches, others = [], []
     if args.resume and (out / "search_quality.json").is_file():
         kept = json.loads((out / "search_quality.json").read_text())["searches"]
-        searches = [s for s in kept if s["method"] in methods and s["seed"] < args.seeds]
+        selected = [s["method"] in methods and s["seed"] < args.seeds for s in kept]
+        searches = [s for s, chosen in zip(kept, selected) if chosen]
         # Records of other methods or seeds stay in the file, out of this run's table.
-        others = [s for s in kept if s not in searches]
+        others = [s for s, chosen in zip(kept, selected) if not chosen]
         done = {(s["method"], s["seed"]) for s in searches}
         tasks = [t for t in tasks if (t[1], t[2]) not in done]
         if args.report:
