@@ -97,15 +97,16 @@ def load_run(path: str | os.PathLike) -> Run:
             raise InputError(f"{path} is not a model folder (no {name}); give the --out folder of 'hpsearch train'.")
     import keras
 
-    from model.unet import SliceConv3D
+    from model.unet import BitsDropout, SliceConv3D
 
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
         config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
-        # SliceConv3D is hpsearch's own layer class, named so that safe mode loads it; safe mode
-        # still refuses any stored Python code (a Lambda layer).
+        # SliceConv3D and BitsDropout are hpsearch's own layer classes, named so that safe mode
+        # loads them; safe mode still refuses any stored Python code (a Lambda layer).
         model = keras.models.load_model(
-            path / MODEL_FILE, compile=False, safe_mode=True, custom_objects={"SliceConv3D": SliceConv3D}
+            path / MODEL_FILE, compile=False, safe_mode=True,
+            custom_objects={"SliceConv3D": SliceConv3D, "BitsDropout": BitsDropout},
         )
     except (ValueError, KeyError, TypeError, OSError) as error:
         if "safe_mode" in str(error):  # Keras refused a layer that would run stored Python code

@@ -17,6 +17,7 @@ import keras
 from keras import layers, ops
 
 from model.config import BLOCKS
+from model.dropout import BitsDropout
 
 # The axis orders a network can hold volumes in: "zxy" (the default; see the module docstring) or
 # "xyz", the input's own order with plain Conv3D layers, kept to measure the other against.
@@ -87,7 +88,8 @@ def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: 
             name=f"{name}_conv_{plane}",
         )(x)
         if dropout > 0:
-            x = layers.Dropout(dropout, name=f"{name}_drop_{plane}")(x)
+            # Keras's Dropout with a cheaper mask on TensorFlow (model/dropout.py).
+            x = BitsDropout(dropout, name=f"{name}_drop_{plane}")(x)
     return x
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import keras
 from keras import ops
 
 from model.inference import predict_labels, predict_probabilities
@@ -75,7 +76,7 @@ def test_full_block_and_its_parameter_count():
 
 def test_dropout_rate_and_l2_follow_the_arguments():
     model = build_unet(channels=2, depth=1, keep_prob=0.85, l2=3e-4)
-    rates = [layer.rate for layer in model.layers if layer.__class__.__name__ == "Dropout"]
+    rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert len(rates) == 4 * 3 and rates == pytest.approx([0.15] * 12)  # 3 blocks of 4 convolutions
     assert float(model.get_layer("enc1_conv_xy").kernel_regularizer.l2) == pytest.approx(3e-4)
     assert build_unet(channels=2, depth=1, keep_prob=1.0).count_params() == model.count_params()

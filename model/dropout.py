@@ -1,0 +1,67 @@
+"""Dropout with a cheaper random mask on TensorFlow: 16 random bits per value, not a float32 uniform.
+
+Keras's Dropout on TensorFlow draws one float32 uniform per value (Philox, then a conversion),
+compares, casts and multiplies twice. On a 2-core CPU that cost a quarter of the paper's training
+step, more than the convolution it follows (benchmarks/README.md, "Dropout"). `BitsDropout` draws
+32-bit words and reads each as two 16-bit numbers, so the generator runs half as often, and it
+keeps or drops with one select. A value is dropped when its 16 bits are below round(rate · 2¹⁶), so
+the drop probability is that threshold ÷ 2¹⁶: the requested rate to within 2⁻¹⁷ (keep probability
+0.85 becomes 0.849991). Kept values are scaled by 1 ÷ the exact keep probability, so the expected
+output equals the input, as with Keras's.
+
+Other backends (JAX on a GPU, where XLA fuses Keras's dropout) run Keras's own. The weights and
+configuration are those of keras.layers.Dropout.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+LEVELS = 2**16  # the values 16 random bits can take
+
+
+def drop_threshold(rate: float) -> int:
+    """16-bit values below this are dropped: round(rate · 2¹⁶)."""
+    return round(rate * LEVELS)
+
+
+@keras.saving.register_keras_serializable(package="hpsearch")
+class BitsDropout(layers.Dropout):
+    """keras.layers.Dropout, drawing its mask from 16 random bits per value on TensorFlow.
+
+    Input and output (B, ..., C), any float dtype; identity outside training.
+    """
+
+    def call(self, inputs, training=False):
+        if (
+            not training
+            or self.rate <= 0
+            or self.noise_shape is not None
+            or inputs.shape[-1] is None
+            or keras.backend.backend() != "tensorflow"
+        ):
+            return super().call(inputs, training=training)
+        return _bits_dropout(inputs, self.rate, self.seed_generator.next())
+
+
+def _bits_dropout(inputs, rate: float, seed):
+    import tensorflow as tf
+
+    threshold = drop_threshold(rate)
+    if threshold >= LEVELS:
+        return tf.zeros_like(inputs)
+    channels = inputs.shape[-1]
+    shape = tf.shape(inputs)
+    # One 32-bit word per two values of the last axis: bitcast to uint16 adds an axis of 2, which
+    # a reshape folds back without copying; only an odd channel count leaves a value to cut off.
+    words_shape = tf.concat([shape[:-1], [(channels + 1) // 2]], axis=0)
+    # Stateless ops want an int32 seed; Keras keeps its seed state in int64 (as its own dropout does).
+    seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    words = tf.random.stateless_uniform(words_shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32)
+    bits = tf.reshape(tf.bitcast(words, tf.uint16), tf.concat([shape[:-1], [2 * ((channels + 1) // 2)]], axis=0))
+    if channels % 2:
+        bits = bits[..., :channels]
+    keep = bits >= tf.constant(threshold, tf.uint16)
+    scale = tf.constant(LEVELS / (LEVELS - threshold), inputs.dtype)
+    return tf.where(keep, inputs * scale, tf.zeros((), inputs.dtype))
