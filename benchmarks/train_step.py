@@ -1,6 +1,6 @@
 """Training-step efficiency of the paper's U-Net, the factorized block against the full 3×3×3 block, the
-network's internal axis order (zxy, the default, against plain Conv3D layers in xyz), and whole-volume
-inference.
+network's internal axis order (zxy, the default, against plain Conv3D layers in xyz), its dropout
+(hpsearch's BitsDropout, the default, against Keras's Dropout), and whole-volume inference.
 
 Efficiency = model FLOP/s of one training step (convolution FLOPs counted from the layer shapes;
 forward + backward ≈ 3 × forward) ÷ the FLOP/s of a large float32 matrix product in the same
@@ -23,6 +23,7 @@ import platform
 import resource
 import statistics
 import time
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from model.config import TrainConfig  # noqa: E402
+from model.dropout import BitsDropout  # noqa: E402
 from model.inference import predict_labels  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.train import compiled_unet  # noqa: E402
@@ -66,8 +68,14 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10, dtype: str = "f
     return 2.0 * size**3 / statistics.median(times)
 
 
-# The networks timed side by side at each patch size: (block, layout).
-VARIANTS = (("factorized", "zxy"), ("factorized", "xyz"), ("full", "zxy"))
+# The networks timed side by side at each patch size: (block, layout, dropout layer). The first is
+# hpsearch's network; each of the others differs from it in one thing.
+VARIANTS = (
+    ("factorized", "zxy", "bits"),
+    ("factorized", "xyz", "bits"),
+    ("factorized", "zxy", "keras"),
+    ("full", "zxy", "bits"),
+)
 
 
 @dataclasses.dataclass
@@ -77,20 +85,24 @@ class StepTiming:
     faults: float  # minor page faults per step (memory the allocator handed back and takes again)
 
 
-def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> dict[tuple[str, str], StepTiming]:
+def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> dict[tuple[str, str, str], StepTiming]:
     """Every network of VARIANTS trained on the same batch, their steps interleaved so that all of them
     see the same machine (a shared machine's speed drifts over minutes)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]
     models = {}
-    for block, layout in VARIANTS:
+    for key in VARIANTS:
+        block, layout, dropout = key
         config = TrainConfig(patch_shape=patch, batch_size=batch, block=block)
-        models[block, layout] = compiled_unet(
-            Hyperparameters(channels=channels), config, in_channels=1, num_classes=2, spatial_shape=patch, layout=layout
-        )
+        # "keras": the network as it was before BitsDropout, with Keras's own Dropout layers.
+        layer = BitsDropout if dropout == "bits" else keras.layers.Dropout
+        with mock.patch("model.unet.BitsDropout", layer):
+            models[key] = compiled_unet(
+                Hyperparameters(channels=channels), config, in_channels=1, num_classes=2, spatial_shape=patch, layout=layout
+            )
         for _ in range(3):  # tracing and warm-up
-            models[block, layout].train_on_batch(x, y)
+            models[key].train_on_batch(x, y)
     times: dict = {key: [] for key in models}
     faults: dict = {key: 0 for key in models}
     for _ in range(steps):
@@ -106,9 +118,10 @@ def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, step
     }
 
 
-def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: int = 3) -> dict[str, float]:
-    """Median seconds of whole-volume inference per layout, interleaved."""
+def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: int = 3) -> tuple[dict[str, float], float]:
+    """Median seconds of whole-volume inference per layout, interleaved; and its forward FLOPs."""
     models = {layout: build_unet(channels=channels, layout=layout) for layout in ("zxy", "xyz")}
+    flops = conv_flops(build_unet(channels=channels, spatial_shape=shape))
     image = np.random.default_rng(0).normal(size=(*shape, 1)).astype(np.float32)
     times: dict = {layout: [] for layout in models}
     for model in models.values():
@@ -118,7 +131,7 @@ def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: in
             started = time.perf_counter()
             predict_labels(model, image, depth=3)
             times[layout].append(time.perf_counter() - started)
-    return {layout: statistics.median(t) for layout, t in times.items()}
+    return {layout: statistics.median(t) for layout, t in times.items()}, flops
 
 
 def main() -> None:
@@ -141,20 +154,23 @@ def main() -> None:
     if keras.backend.backend() == "tensorflow":
         allocator = "pooling (BFC)" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true") else "default"
         print(f"TensorFlow CPU allocator: {allocator}")
-    print("| patch | block | layout | step (s) | model GFLOP/s | efficiency | page faults per step |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| patch | block | layout | dropout | step (s) | model GFLOP/s | efficiency | page faults per step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for patch in patches:
         timings = step_timings(patch, channels=args.channels, batch=args.batch, steps=args.steps)
-        for (block, layout), timing in timings.items():
+        for (block, layout, dropout), timing in timings.items():
             rate = 3 * timing.flops / timing.seconds
-            print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
-        factorized, plain, full = (timings[key].seconds for key in (("factorized", "zxy"), ("factorized", "xyz"), ("full", "zxy")))
-        print(f"|   | factorized/full step time (zxy): {factorized / full:.2f}; zxy/xyz (factorized): {factorized / plain:.2f} | | | | | |", flush=True)
+            print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {dropout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
+        ours, plain, keras_dropout, full = (timings[key].seconds for key in VARIANTS)
+        print(f"|   | factorized/full step time: {ours / full:.2f}; zxy/xyz: {ours / plain:.2f}; "
+              f"BitsDropout/Keras Dropout: {ours / keras_dropout:.2f} | | | | | | |", flush=True)
     if args.inference:
         shape = tuple(int(v) for v in args.inference.split("x"))
-        seconds = inference_seconds(shape, channels=args.channels)
-        print(f"whole-volume inference of {args.inference}, {args.channels} channels: "
-              f"{seconds['zxy']:.2f} s (zxy), {seconds['xyz']:.2f} s (xyz)")
+        seconds, flops = inference_seconds(shape, channels=args.channels)
+        # The forward pass alone: what the fastest possible inference would take at the matmul's rate.
+        print(f"whole-volume inference of {args.inference}, {args.channels} channels ({flops / 1e9:.0f} GFLOP, "
+              f"{flops / peak:.2f} s at the matmul's rate): {seconds['zxy']:.2f} s (zxy, efficiency "
+              f"{flops / seconds['zxy'] / peak:.2f}), {seconds['xyz']:.2f} s (xyz)")
 
 
 if __name__ == "__main__":
