@@ -4,10 +4,10 @@ Keras's Dropout on TensorFlow draws one float32 uniform per value (Philox, then 
 compares, casts and multiplies twice. On a 2-core CPU that took a quarter of the paper's training
 step; its forward pass alone took longer than the 3×3 convolution before it (benchmarks/README.md,
 "Dropout"). `BitsDropout` draws 32-bit words and reads each as two 16-bit numbers, so the
-generator runs half as often, and it keeps or drops with one select. A value is dropped when its 16 bits are below round(rate · 2¹⁶), so
-the drop probability is that threshold ÷ 2¹⁶: the requested rate to within 2⁻¹⁷ (keep probability
-0.85 becomes 0.850006). Kept values are scaled by 1 ÷ the exact keep probability, so the expected
-output equals the input, as with Keras's.
+generator runs half as often, and it keeps or drops with one select. A value is dropped when its
+16 bits are below round(rate · 2¹⁶), so the drop probability is that threshold ÷ 2¹⁶: the
+requested rate to within 2⁻¹⁷ (keep probability 0.85 becomes 0.850006). Kept values are scaled by
+1 ÷ the exact keep probability, so the expected output equals the input, as with Keras's.
 
 Other backends (JAX on a GPU, where XLA fuses Keras's dropout) run Keras's own. The weights and
 configuration are those of keras.layers.Dropout.
