@@ -3,7 +3,8 @@
 Builds and compiles the U-Net as model/train.py does, then times the first train_on_batch
 (which traces the training function) and the mean of the next steps, with and without creating
 Adam's slots before the first step (`model.optimizer.build`, which model/train.py now does:
-without it Keras traces the training function a second time). Each variant runs in a fresh
+without it Keras traces the training function a second time), and with Keras's Dropout in place
+of hpsearch's BitsDropout (more operations to trace, fewer to run). Each variant runs in a fresh
 process, since traced functions are cached per process.
 
     python benchmarks/first_step.py                       # quick-start scale: 8 channels, 32x32x16
@@ -13,17 +14,20 @@ process, since traced functions are cached per process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, steps: int) -> str:
+def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, keras_dropout: bool, steps: int) -> str:
     """One variant, in this process: 'build X s, first step Y s, step Z ms'."""
     sys.path.insert(0, str(ROOT))
+    import keras
     import numpy as np
 
     from model.losses import get_loss
@@ -37,7 +41,8 @@ def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, s
     labels = np.zeros((2, *patch, 2), "float32")
     labels[..., 0] = 1.0
     started = time.perf_counter()
-    model = build_unet(in_channels=1, num_classes=2, channels=channels, depth=3, keep_prob=0.85, l2=3e-4, block="factorized")
+    with mock.patch("model.unet.BitsDropout", keras.layers.Dropout) if keras_dropout else contextlib.nullcontext():
+        model = build_unet(in_channels=1, num_classes=2, channels=channels, depth=3, keep_prob=0.85, l2=3e-4, block="factorized")
     model.compile(optimizer=make_optimizer(params, "global"), loss=get_loss("joint"), jit_compile="auto")
     if build_optimizer:
         model.optimizer.build(model.trainable_variables)
@@ -50,24 +55,33 @@ def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, s
     return f"build {built - started:.2f} s, first step {first - built:.2f} s, step {1000 * (done - first) / steps:.1f} ms"
 
 
+# name -> (label, build Adam's slots first?, Keras's Dropout instead of BitsDropout?)
+VARIANTS = {
+    "no-build": ("Adam's slots created by Keras (traces twice), Keras's Dropout", False, True),
+    "build": ("optimizer.build first, Keras's Dropout", True, True),
+    "bits": ("optimizer.build first, BitsDropout (model/train.py now)", True, False),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--patch", default="32x32x16")
     parser.add_argument("--steps", type=int, default=20, help="steps timed after the first")
-    parser.add_argument("--variant", choices=["build", "no-build"], help=argparse.SUPPRESS)  # one variant, in this process
+    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one variant, in this process
     args = parser.parse_args()
     patch = tuple(int(v) for v in args.patch.split("x"))
     if args.variant:
-        print(measure(args.channels, patch, args.variant == "build", args.steps), flush=True)
+        build_optimizer, keras_dropout = VARIANTS[args.variant][1:]
+        print(measure(args.channels, patch, build_optimizer, keras_dropout, args.steps), flush=True)
         return 0
     print(f"{args.channels} channels, {args.patch} blocks, batch 2")
-    for variant, label in (("no-build", "Adam's slots created by Keras (traces twice)"), ("build", "optimizer.build first (model/train.py)")):
+    for variant, (label, *_) in VARIANTS.items():
         result = subprocess.run(
             [sys.executable, __file__, "--variant", variant, "--channels", str(args.channels), "--patch", args.patch, "--steps", str(args.steps)],
             capture_output=True, text=True, check=True,
         )
-        print(f"{label:48s} {result.stdout.strip().splitlines()[-1]}")
+        print(f"{label:60s} {result.stdout.strip().splitlines()[-1]}")
     return 0
 
 
