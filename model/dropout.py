@@ -59,9 +59,11 @@ def _bits_dropout(inputs, rate: float, seed):
     # Stateless ops want an int32 seed; Keras keeps its seed state in int64 (as its own dropout does).
     seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
     words = tf.random.stateless_uniform(words_shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32)
-    bits = tf.reshape(tf.bitcast(words, tf.uint16), tf.concat([shape[:-1], [2 * ((channels + 1) // 2)]], axis=0))
+    bits = tf.bitcast(words, tf.uint16)  # (..., ceil(C / 2), 2)
     if channels % 2:
-        bits = bits[..., :channels]
+        bits = tf.reshape(bits, tf.concat([shape[:-1], [channels + 1]], axis=0))[..., :channels]
+    else:
+        bits = tf.reshape(bits, shape)
     keep = bits >= tf.constant(threshold, tf.uint16)
     scale = tf.constant(LEVELS / (LEVELS - threshold), inputs.dtype)
     return tf.where(keep, inputs * scale, tf.zeros((), inputs.dtype))
