@@ -23,6 +23,7 @@ in the worker logs (start-up phases and exit, seconds since the epoch).
     python benchmarks/service.py                          # 6 trials; 1 worker, then 2; one launch each
     python benchmarks/service.py --trials 6 --repeats 2   # the recorded measurement
     python benchmarks/service.py --trials 2 --workers 1   # a quick check of the script
+    python benchmarks/service.py --no-pruner              # every trial runs to the end: the same work per launch
 
 Run it on idle cores: the 2-vs-1 ratio means nothing while other work shares the CPU.
 """
@@ -89,10 +90,12 @@ def machine() -> str:
     return f"{cores} cores of {cpu}, Python {platform.python_version()}"
 
 
-def write_study_file(source: Path, folder: Path, data_path: Path) -> Path:
-    """A copy of the study file `source` in `folder` whose dataset is `data_path`."""
+def write_study_file(source: Path, folder: Path, data_path: Path, *, pruner: bool = True) -> Path:
+    """A copy of the study file `source` in `folder` whose dataset is `data_path`, without its pruner if not `pruner`."""
     document = yaml.safe_load(source.read_text(encoding="utf-8"))
     document["data"]["path"] = str(data_path)
+    if not pruner:
+        document.pop("pruner", None)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / source.name
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
@@ -118,13 +121,13 @@ def _environment() -> dict:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def run_launch(template: Path, data_path: Path, folder: Path, *, workers: int, trials: int) -> Launch:
+def run_launch(template: Path, data_path: Path, folder: Path, *, workers: int, trials: int, pruner: bool = True) -> Launch:
     """`hpsearch launch --workers N --trials T` on a fresh journal in `folder`; its trials and worker timings."""
     import optuna
 
     from hpsearch.storage import open_storage
 
-    study_file = write_study_file(template, folder, data_path)
+    study_file = write_study_file(template, folder, data_path, pruner=pruner)
     journal = folder / "study.journal"
     command = [
         sys.executable, "-m", "hpsearch.cli", "launch", "--workers", str(workers),
@@ -258,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="worker counts to launch, comma-separated (default 1,2)")
     parser.add_argument("--repeats", type=int, default=1, help="launches per worker count (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (journals, logs, models)")
+    # With a pruner, how many trials a launch runs to reach --trials COMPLETE ones depends on its
+    # search's path, which differs between worker counts; without one, every launch runs the same work.
+    parser.add_argument("--no-pruner", action="store_true", help="drop the study's pruner, so every trial runs to the end")
     args = parser.parse_args(argv)
     counts = [int(part) for part in args.workers.split(",")]
     args.study = args.study.resolve()
@@ -272,11 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         for n in counts:
             print(f"launch --workers {n} --trials {args.trials} (repeat {repeat + 1} of {args.repeats}) ...", file=sys.stderr, flush=True)
-            launches[n].append(run_launch(args.study, data_path, folder / f"w{n}-r{repeat}", workers=n, trials=args.trials))
+            launches[n].append(
+                run_launch(args.study, data_path, folder / f"w{n}-r{repeat}", workers=n, trials=args.trials, pruner=not args.no_pruner)
+            )
     load_after = os.getloadavg()[0]
 
     print(f"# Service benchmark: {args.study.relative_to(ROOT) if args.study.is_relative_to(ROOT) else args.study}, "
-          f"{args.trials} trials per launch, {args.repeats} launch(es) per worker count")
+          f"{args.trials} trials per launch, {args.repeats} launch(es) per worker count"
+          + (", its pruner dropped" if args.no_pruner else ""))
     print(f"\nMachine: {machine()}; load average (1 min) {load_before:.2f} before, {load_after:.2f} after.")
     if load_before > 0.5:
         print("**The cores were busy: times are pessimistic and the 2-vs-1 ratio is not meaningful.**")
