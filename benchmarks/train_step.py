@@ -69,11 +69,13 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10, dtype: str = "f
 
 
 # The networks timed side by side at each patch size: (block, layout, dropout layer). The first is
-# hpsearch's network; each of the others differs from it in one thing.
+# hpsearch's network; each of the others differs from it in one thing ("none": keep probability 1,
+# to show what dropout costs).
 VARIANTS = (
     ("factorized", "zxy", "bits"),
     ("factorized", "xyz", "bits"),
     ("factorized", "zxy", "keras"),
+    ("factorized", "zxy", "none"),
     ("full", "zxy", "bits"),
 )
 
@@ -98,9 +100,8 @@ def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, step
         # "keras": the network as it was before BitsDropout, with Keras's own Dropout layers.
         layer = BitsDropout if dropout == "bits" else keras.layers.Dropout
         with mock.patch("model.unet.BitsDropout", layer):
-            models[key] = compiled_unet(
-                Hyperparameters(channels=channels), config, in_channels=1, num_classes=2, spatial_shape=patch, layout=layout
-            )
+            params = Hyperparameters(channels=channels, keep_prob=1.0 if dropout == "none" else 0.85)
+            models[key] = compiled_unet(params, config, in_channels=1, num_classes=2, spatial_shape=patch, layout=layout)
         for _ in range(3):  # tracing and warm-up
             models[key].train_on_batch(x, y)
     times: dict = {key: [] for key in models}
@@ -161,9 +162,9 @@ def main() -> None:
         for (block, layout, dropout), timing in timings.items():
             rate = 3 * timing.flops / timing.seconds
             print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {dropout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
-        ours, plain, keras_dropout, full = (timings[key].seconds for key in VARIANTS)
+        ours, plain, keras_dropout, no_dropout, full = (timings[key].seconds for key in VARIANTS)
         print(f"|   | factorized/full step time: {ours / full:.2f}; zxy/xyz: {ours / plain:.2f}; "
-              f"BitsDropout/Keras Dropout: {ours / keras_dropout:.2f} | | | | | | |", flush=True)
+              f"BitsDropout/Keras Dropout: {ours / keras_dropout:.2f}; no dropout/BitsDropout: {no_dropout / ours:.2f} | | | | | | |", flush=True)
     if args.inference:
         shape = tuple(int(v) for v in args.inference.split("x"))
         seconds, flops = inference_seconds(shape, channels=args.channels)
