@@ -97,7 +97,8 @@ def load_run(path: str | os.PathLike) -> Run:
             raise InputError(f"{path} is not a model folder (no {name}); give the --out folder of 'hpsearch train'.")
     import keras
 
-    from model.unet import BitsDropout, SliceConv3D
+    from model.dropout import BitsDropout
+    from model.unet import SliceConv3D
 
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
