@@ -126,6 +126,14 @@ def trials_in(storage_url: str, *states) -> list:
     return study.get_trials(deepcopy=False, states=states or None)
 
 
+# Trials that a test kills or interrupts: 300 steps, evaluated every 10, hit while at step 150 or
+# before. A trial spends over half a second between its first report and step 150 even on a fast
+# CPU, so a poll every 0.3 s finds one; and 150 steps remain for the signal to land before it ends.
+# (At 40 steps, hit by step 16, a fast CPU ran through that window between two polls.)
+INTERRUPTIBLE = {"steps": 300, "eval_every": 10}
+EARLY_STEP = 150
+
+
 def running_with_a_step(storage_url: str, *, by_step: int | None = None):
     """a RUNNING trial that has reported an intermediate IoU (with `by_step`: none after that step yet)
 
@@ -139,7 +147,7 @@ def running_with_a_step(storage_url: str, *, by_step: int | None = None):
     return running[0] if running else None
 
 
-def interrupt_and_resume(storage_url: str, study_file: Path, sig: int, *, trials: int, by_step: int = 16) -> None:
+def interrupt_and_resume(storage_url: str, study_file: Path, sig: int, *, trials: int, by_step: int = EARLY_STEP) -> None:
     """Send `sig` to a 2-worker launch mid-trial (a trial not yet past `by_step`): workers gone within 10 s,
     the trial FAIL "interrupted"; a second launch re-runs it with the same hyperparameters and reaches `trials` COMPLETE."""
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)

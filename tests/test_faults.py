@@ -21,7 +21,9 @@ from hpsearch.launcher import prepare_study
 from hpsearch.storage import open_storage
 from hpsearch.worker import ensure_dataset
 
-from searchutil import finish, hpsearch, interrupt_and_resume, load, running_with_a_step, trials_in, wait_for, write_tiny_study
+from searchutil import (
+    EARLY_STEP, INTERRUPTIBLE, finish, hpsearch, interrupt_and_resume, load, running_with_a_step, trials_in, wait_for, write_tiny_study,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ def worker_logs(study_file: Path) -> str:
 
 
 def test_sigterm_stops_the_workers_within_seconds_and_launch_resumes(tmp_path):
-    study_file = write_tiny_study(tmp_path / "studies", trials=2, steps=40, eval_every=4)
+    study_file = write_tiny_study(tmp_path / "studies", trials=2, **INTERRUPTIBLE)
     interrupt_and_resume(str(tmp_path / "study.journal"), study_file, signal.SIGTERM, trials=2)  # what `kill`, systemd and `docker stop` send
 
 def test_a_trial_whose_model_cannot_be_written_fails_with_the_reason_and_the_search_goes_on(tmp_path):
@@ -67,7 +69,7 @@ def test_a_trial_whose_model_cannot_be_written_fails_with_the_reason_and_the_sea
 def test_a_worker_elsewhere_that_dies_silently_is_failed_by_heartbeat_and_its_trial_retried(postgres_url, tmp_path):
     """Two bare `hpsearch worker` processes (as on two machines, no launcher); the one training is SIGKILLed."""
     grace = 3
-    config = load_study(write_tiny_study(tmp_path / "studies", trials=1, steps=40, eval_every=4))
+    config = load_study(write_tiny_study(tmp_path / "studies", trials=1, **INTERRUPTIBLE))
     ensure_dataset(config)
     prepare_study(config, open_storage(postgres_url, heartbeat_interval=None), target=1)
     env = {"HPSEARCH_STORAGE": postgres_url, "HPSEARCH_HEARTBEAT_INTERVAL": "1", "HPSEARCH_HEARTBEAT_GRACE": str(grace)}
@@ -76,7 +78,7 @@ def test_a_worker_elsewhere_that_dies_silently_is_failed_by_heartbeat_and_its_tr
         for i in range(2)
     ]
     try:
-        victim = wait_for(lambda: running_with_a_step(postgres_url, by_step=16), timeout=180)  # of 40 steps
+        victim = wait_for(lambda: running_with_a_step(postgres_url, by_step=EARLY_STEP), timeout=180)
         [survivor] = [w for w in workers if w.pid != victim.user_attrs["worker_pid"]]
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
         killed_at = time.monotonic()

@@ -8,7 +8,9 @@ import signal
 import pytest
 from optuna.trial import TrialState
 
-from searchutil import finish, hpsearch, interrupt_and_resume, load, running_with_a_step, wait_for, write_tiny_study
+from searchutil import (
+    EARLY_STEP, INTERRUPTIBLE, finish, hpsearch, interrupt_and_resume, load, running_with_a_step, wait_for, write_tiny_study,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +45,6 @@ def test_two_workers_reach_exactly_the_target(storage_url, tmp_path):
     assert any((tmp_path / "studies" / "artifacts").iterdir())
 
 
-# Trials of 40 steps are killed while at step 16 or before, so they cannot complete before the kill lands.
-EARLY_STEP = 16
-
-
 def _another_running_trial_with_a_step(storage_url, first):
     """a RUNNING trial with a reported IoU and far from its end, other than `first` and not run by its (dead) worker"""
     trial = running_with_a_step(storage_url, by_step=EARLY_STEP)
@@ -57,7 +55,7 @@ def _another_running_trial_with_a_step(storage_url, first):
 
 def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_path):
     """Two workers are killed mid-trial, one after the other: both trials FAIL and are re-run."""
-    study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
+    study_file = write_tiny_study(tmp_path / "studies", trials=3, **INTERRUPTIBLE)
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url)
     victim = wait_for(lambda: running_with_a_step(storage_url, by_step=EARLY_STEP), timeout=180)
     os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
@@ -82,5 +80,5 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_pat
 
 
 def test_ctrl_c_stops_workers_and_the_next_launch_resumes(storage_url, tmp_path):
-    study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
+    study_file = write_tiny_study(tmp_path / "studies", trials=3, **INTERRUPTIBLE)
     interrupt_and_resume(storage_url, study_file, signal.SIGINT, trials=3)
