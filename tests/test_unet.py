@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-import keras
 from keras import ops
 
 from model.inference import predict_labels, predict_probabilities
