@@ -4,10 +4,11 @@ Builds and compiles the U-Net as model/train.py does, then times the first train
 (which traces the training function) and the mean of the next steps, with and without creating
 Adam's slots before the first step (`model.optimizer.build`, which model/train.py now does:
 without it Keras traces the training function a second time), and with Keras's Dropout in place
-of hpsearch's BitsDropout (more operations to trace, fewer to run). Each variant runs in a fresh
-process, since traced functions are cached per process.
+of hpsearch's BitsDropout (more operations to trace, fewer to run), and with Keras's Adam in place
+of hpsearch's FusedAdam (a dozen operations per variable to trace, not one). Each variant runs in
+a fresh process, since traced functions are cached per process.
 
-    python benchmarks/first_step.py                       # quick-start scale: 8 channels, 32x32x16
+    python benchmarks/first_step.py                       # quick-start scale: 8 channels, 32x32x16, 3 processes each
     python benchmarks/first_step.py --channels 30 --patch 64x64x16
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import statistics
 import subprocess
 import sys
 import time
@@ -24,8 +27,8 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, keras_dropout: bool, steps: int) -> str:
-    """One variant, in this process: 'build X s, first step Y s, step Z ms'."""
+def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, keras_dropout: bool, keras_adam: bool, steps: int) -> str:
+    """One variant, in this process: JSON of seconds for "build", "first step" and the mean later "step"."""
     sys.path.insert(0, str(ROOT))
     import keras
     import numpy as np
@@ -43,7 +46,9 @@ def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, k
     started = time.perf_counter()
     with mock.patch("model.unet.BitsDropout", keras.layers.Dropout) if keras_dropout else contextlib.nullcontext():
         model = build_unet(in_channels=1, num_classes=2, channels=channels, depth=3, keep_prob=0.85, l2=3e-4, block="factorized")
-    model.compile(optimizer=make_optimizer(params, "global"), loss=get_loss("joint"), jit_compile="auto")
+    with mock.patch("model.train.FusedAdam", keras.optimizers.Adam) if keras_adam else contextlib.nullcontext():
+        optimizer = make_optimizer(params, "global")
+    model.compile(optimizer=optimizer, loss=get_loss("joint"), jit_compile="auto")
     if build_optimizer:
         model.optimizer.build(model.trainable_variables)
     built = time.perf_counter()
@@ -52,14 +57,15 @@ def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, k
     for _ in range(steps):
         model.train_on_batch(images, labels)
     done = time.perf_counter()
-    return f"build {built - started:.2f} s, first step {first - built:.2f} s, step {1000 * (done - first) / steps:.1f} ms"
+    return json.dumps({"build": built - started, "first step": first - built, "step": (done - first) / steps})
 
 
-# name -> (label, build Adam's slots first?, Keras's Dropout instead of BitsDropout?)
+# name -> (label, build Adam's slots first?, Keras's Dropout instead of BitsDropout?, Keras's Adam instead of FusedAdam?)
 VARIANTS = {
-    "no-build": ("Adam's slots created by Keras (traces twice), Keras's Dropout", False, True),
-    "build": ("optimizer.build first, Keras's Dropout", True, True),
-    "bits": ("optimizer.build first, BitsDropout (model/train.py now)", True, False),
+    "no-build": ("Adam's slots created by Keras (traces twice), Keras's Dropout", False, True, True),
+    "build": ("optimizer.build first, Keras's Dropout", True, True, True),
+    "bits": ("optimizer.build first, BitsDropout, Keras's Adam", True, False, True),
+    "fused": ("optimizer.build first, BitsDropout, FusedAdam (now)", True, False, False),
 }
 
 
@@ -68,20 +74,31 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--patch", default="32x32x16")
     parser.add_argument("--steps", type=int, default=20, help="steps timed after the first")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per variant")
     parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # one variant, in this process
     args = parser.parse_args()
     patch = tuple(int(v) for v in args.patch.split("x"))
     if args.variant:
-        build_optimizer, keras_dropout = VARIANTS[args.variant][1:]
-        print(measure(args.channels, patch, build_optimizer, keras_dropout, args.steps), flush=True)
+        build_optimizer, keras_dropout, keras_adam = VARIANTS[args.variant][1:]
+        print(measure(args.channels, patch, build_optimizer, keras_dropout, keras_adam, args.steps), flush=True)
         return 0
-    print(f"{args.channels} channels, {args.patch} blocks, batch 2")
+    print(f"{args.channels} channels, {args.patch} blocks, batch 2; each variant in {args.repeats} fresh processes, "
+          "interleaved (a shared machine drifts); every run's figures in brackets, the median before them")
+    runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+    for _ in range(args.repeats):
+        for variant in VARIANTS:
+            result = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, "--channels", str(args.channels), "--patch", args.patch, "--steps", str(args.steps)],
+                capture_output=True, text=True, check=True,
+            )
+            runs[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
     for variant, (label, *_) in VARIANTS.items():
-        result = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--channels", str(args.channels), "--patch", args.patch, "--steps", str(args.steps)],
-            capture_output=True, text=True, check=True,
-        )
-        print(f"{label:60s} {result.stdout.strip().splitlines()[-1]}")
+        parts = []
+        for key, unit, scale in (("build", "s", 1), ("first step", "s", 1), ("step", "ms", 1000)):
+            values = [run[key] * scale for run in runs[variant]]
+            digits = 1 if unit == "ms" else 2
+            parts.append(f"{key} {statistics.median(values):.{digits}f} {unit} ({', '.join(f'{v:.{digits}f}' for v in values)})")
+        print(f"{label:60s} {'; '.join(parts)}")
     return 0
 
 

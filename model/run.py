@@ -98,16 +98,17 @@ def load_run(path: str | os.PathLike) -> Run:
     import keras
 
     from model.dropout import BitsDropout
+    from model.optimizer import FusedAdam
     from model.unet import SliceConv3D
 
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
         config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
-        # SliceConv3D and BitsDropout are hpsearch's own layer classes, named so that safe mode
+        # SliceConv3D, BitsDropout and FusedAdam are hpsearch's own classes, named so that safe mode
         # loads them; safe mode still refuses any stored Python code (a Lambda layer).
         model = keras.models.load_model(
             path / MODEL_FILE, compile=False, safe_mode=True,
-            custom_objects={"SliceConv3D": SliceConv3D, "BitsDropout": BitsDropout},
+            custom_objects={"SliceConv3D": SliceConv3D, "BitsDropout": BitsDropout, "FusedAdam": FusedAdam},
         )
     except (ValueError, KeyError, TypeError, OSError) as error:
         if "safe_mode" in str(error):  # Keras refused a layer that would run stored Python code

@@ -20,6 +20,7 @@ from model.errors import InputError, TrainingDiverged
 from model.inference import evaluate_cases
 from model.losses import get_loss
 from model.metrics import iou_from_counts, mean_foreground_iou
+from model.optimizer import FusedAdam
 from model.params import Hyperparameters
 from model.patches import PatchSampler
 from model.unet import build_unet
@@ -74,9 +75,9 @@ def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: in
 
 
 def make_optimizer(params: Hyperparameters, clip: str) -> keras.optimizers.Optimizer:
-    """Adam with the paper's learning rate and betas, clipping gradients by norm."""
+    """Adam with the paper's learning rate and betas, clipping gradients by norm (FusedAdam: model/optimizer.py)."""
     clipping = {"global_clipnorm": params.clip_norm} if clip == "global" else {"clipnorm": params.clip_norm}
-    return keras.optimizers.Adam(
+    return FusedAdam(
         learning_rate=params.learning_rate, beta_1=params.beta1, beta_2=params.beta2, **clipping
     )
 
