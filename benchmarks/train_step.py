@@ -54,18 +54,33 @@ def conv_flops(model: keras.Model) -> float:
     return float(total)
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """FLOP/s of a size×size matrix product in dtype (the machine's practical peak for that dtype)."""
-    a = keras.random.normal((size, size), dtype=dtype)
-    b = keras.random.normal((size, size), dtype=dtype)
-    # Reading back a scalar waits for the product without timing a copy of the whole matrix.
-    ops.convert_to_numpy(ops.sum(ops.matmul(a, b)))  # warm up
-    times = []
-    for _ in range(repeats):
+class MatmulReference:
+    """A size×size matrix product in dtype, the machine's practical peak FLOP/s for that dtype.
+
+    It is timed between the networks' steps (`time_once`), not once before them: a shared machine's
+    speed drifts by 10–20 % over minutes, and efficiency is a ratio of two rates at the same moment.
+    """
+
+    def __init__(self, size: int = 2048, dtype: str = "float32"):
+        self.size = size
+        self.a = keras.random.normal((size, size), dtype=dtype)
+        self.b = keras.random.normal((size, size), dtype=dtype)
+        self.times: list[float] = []
+        self._run()  # warm up
+
+    def _run(self) -> None:
+        # Reading back a scalar waits for the product without timing a copy of the whole matrix.
+        ops.convert_to_numpy(ops.sum(ops.matmul(self.a, self.b)))
+
+    def time_once(self) -> None:
         started = time.perf_counter()
-        ops.convert_to_numpy(ops.sum(ops.matmul(a, b)))
-        times.append(time.perf_counter() - started)
-    return 2.0 * size**3 / statistics.median(times)
+        self._run()
+        self.times.append(time.perf_counter() - started)
+
+    def flops_per_second(self, last: int | None = None) -> float:
+        """FLOP/s from the median of the timings so far (or of the `last` ones)."""
+        times = self.times[-last:] if last else self.times
+        return 2.0 * self.size**3 / statistics.median(times)
 
 
 # The networks timed side by side at each patch size: (block, layout, dropout layer). The first is
@@ -87,9 +102,12 @@ class StepTiming:
     faults: float  # minor page faults per step (memory the allocator handed back and takes again)
 
 
-def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, steps: int) -> dict[tuple[str, str, str], StepTiming]:
-    """Every network of VARIANTS trained on the same batch, their steps interleaved so that all of them
-    see the same machine (a shared machine's speed drifts over minutes)."""
+def step_timings(
+    patch: tuple[int, int, int], *, channels: int, batch: int, steps: int, reference: MatmulReference
+) -> dict[tuple[str, str, str], StepTiming]:
+    """Every network of VARIANTS trained on the same batch, their steps interleaved with each other and
+    with the reference product (`reference` gains one timing per round) so that all of them see the
+    same machine."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]
@@ -107,6 +125,7 @@ def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, step
     times: dict = {key: [] for key in models}
     faults: dict = {key: 0 for key in models}
     for _ in range(steps):
+        reference.time_once()
         for key, model in models.items():
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             started = time.perf_counter()
@@ -119,8 +138,11 @@ def step_timings(patch: tuple[int, int, int], *, channels: int, batch: int, step
     }
 
 
-def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: int = 3) -> tuple[dict[str, float], float]:
-    """Median seconds of whole-volume inference per layout, interleaved; and its forward FLOPs."""
+def inference_seconds(
+    shape: tuple[int, int, int], *, channels: int, reference: MatmulReference, repeats: int = 3
+) -> tuple[dict[str, float], float]:
+    """Median seconds of whole-volume inference per layout, interleaved (with the reference product too);
+    and its forward FLOPs."""
     models = {layout: build_unet(channels=channels, layout=layout) for layout in ("zxy", "xyz")}
     flops = conv_flops(build_unet(channels=channels, spatial_shape=shape))
     image = np.random.default_rng(0).normal(size=(*shape, 1)).astype(np.float32)
@@ -128,6 +150,7 @@ def inference_seconds(shape: tuple[int, int, int], *, channels: int, repeats: in
     for model in models.values():
         predict_labels(model, image, depth=3)  # warm up
     for _ in range(repeats):
+        reference.time_once()
         for layout, model in models.items():
             started = time.perf_counter()
             predict_labels(model, image, depth=3)
@@ -149,16 +172,19 @@ def main() -> None:
     keras.config.set_dtype_policy(args.dtype_policy)
     # The reference product runs in the networks' compute dtype, so efficiency compares like with like.
     compute_dtype = keras.config.dtype_policy().compute_dtype
-    peak = matmul_flops_per_second(args.matmul_size, dtype=compute_dtype)
-    print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; "
-          f"dtype policy {args.dtype_policy}; {compute_dtype} {args.matmul_size}² matmul {peak / 1e9:.1f} GFLOP/s")
+    reference = MatmulReference(args.matmul_size, dtype=compute_dtype)
+    print(f"backend {keras.backend.backend()}; {platform.machine()}, {os.cpu_count()} cores; dtype policy {args.dtype_policy}; "
+          f"reference: {compute_dtype} {args.matmul_size}² matmul, timed once per round of steps")
     if keras.backend.backend() == "tensorflow":
         allocator = "pooling (BFC)" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true") else "default"
         print(f"TensorFlow CPU allocator: {allocator}")
     print("| patch | block | layout | dropout | step (s) | model GFLOP/s | efficiency | page faults per step |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for patch in patches:
-        timings = step_timings(patch, channels=args.channels, batch=args.batch, steps=args.steps)
+        timings = step_timings(patch, channels=args.channels, batch=args.batch, steps=args.steps, reference=reference)
+        peak = reference.flops_per_second(last=args.steps)
+        spread = [2.0 * args.matmul_size**3 / t / 1e9 for t in reference.times[-args.steps:]]
+        print(f"|   | reference matmul during these steps: {peak / 1e9:.1f} GFLOP/s (median; {min(spread):.0f}–{max(spread):.0f}) | | | | | | |")
         for (block, layout, dropout), timing in timings.items():
             rate = 3 * timing.flops / timing.seconds
             print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {dropout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
@@ -167,7 +193,8 @@ def main() -> None:
               f"BitsDropout/Keras Dropout: {ours / keras_dropout:.2f}; no dropout/BitsDropout: {no_dropout / ours:.2f} | | | | | | |", flush=True)
     if args.inference:
         shape = tuple(int(v) for v in args.inference.split("x"))
-        seconds, flops = inference_seconds(shape, channels=args.channels)
+        seconds, flops = inference_seconds(shape, channels=args.channels, reference=reference)
+        peak = reference.flops_per_second(last=3)
         # The forward pass alone: what the fastest possible inference would take at the matmul's rate.
         print(f"whole-volume inference of {args.inference}, {args.channels} channels ({flops / 1e9:.0f} GFLOP, "
               f"{flops / peak:.2f} s at the matmul's rate): {seconds['zxy']:.2f} s (zxy, efficiency "
