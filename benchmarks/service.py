@@ -54,6 +54,8 @@ LAUNCH_GOAL_SECONDS = 15.0
 OVERHEAD_GOAL = 0.02
 SPEEDUP_GOAL = 1.0
 TF_IMPORT = "TensorFlow import (one-time)"
+BUSY_SAMPLE_SECONDS = 2.0
+BUSY_LIMIT = 0.15  # above this share of the cores busy before the launches, the figures are marked unreliable
 
 
 @dataclasses.dataclass
@@ -75,6 +77,27 @@ class Launch:
         from optuna.trial import TrialState
 
         return [t for t in self.trials if t.state == TrialState.COMPLETE]
+
+
+def busy_share(seconds: float = BUSY_SAMPLE_SECONDS) -> float:
+    """Share of all cores' time (0–1) spent outside idle over the next `seconds`, from /proc/stat.
+
+    Unlike the load average, which decays over minutes, it tells whether other work is running now.
+    Where /proc/stat is missing (not Linux), the 1-minute load average per core stands in.
+    """
+
+    def read() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle and iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = read()
+    except OSError:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    time.sleep(seconds)
+    busy1, total1 = read()
+    return (busy1 - busy0) / max(total1 - total0, 1)
 
 
 def machine() -> str:
@@ -270,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = load_study(args.study).training["steps"]
 
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-service-"))
-    load_before = os.getloadavg()[0]
+    busy_before = busy_share()
     data_path = folder / "data"
     write_seconds = write_dataset(write_study_file(args.study, folder / "data-study", data_path))
     warm_page_cache()
@@ -281,13 +304,14 @@ def main(argv: list[str] | None = None) -> int:
             launches[n].append(
                 run_launch(args.study, data_path, folder / f"w{n}-r{repeat}", workers=n, trials=args.trials, pruner=not args.no_pruner)
             )
-    load_after = os.getloadavg()[0]
+    busy_after = busy_share()
 
     print(f"# Service benchmark: {args.study.relative_to(ROOT) if args.study.is_relative_to(ROOT) else args.study}, "
           f"{args.trials} trials per launch, {args.repeats} launch(es) per worker count"
           + (", its pruner dropped" if args.no_pruner else ""))
-    print(f"\nMachine: {machine()}; load average (1 min) {load_before:.2f} before, {load_after:.2f} after.")
-    if load_before > 0.5:
+    print(f"\nMachine: {machine()}; share of the cores busy over {BUSY_SAMPLE_SECONDS:.0f} s: "
+          f"{busy_before:.0%} before, {busy_after:.0%} after.")
+    if busy_before > BUSY_LIMIT:
         print("**The cores were busy: times are pessimistic and the 2-vs-1 ratio is not meaningful.**")
 
     columns = [f"workers={n}" for n in counts]
