@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 from model.errors import InputError, TrainingDiverged
+from model.tensorflow_import import import_tensorflow
 
 from hpsearch.errors import HpsearchError, UsageError
 
-# TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lists) is not for users.
+# TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lists) is not for users; the
+# notices this does not reach are filtered by import_tensorflow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -119,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"dataset {dataset.name}: {len(split.train)} training, {len(split.val)} validation, {len(split.test)} test cases")
     data = load_train_data(dataset, split)
 
+    import_tensorflow()
     from model.run import save_run
     from model.train import train
 
@@ -144,6 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from model.run import load_run
     from model.segment import segment
 
@@ -155,6 +159,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.data import load_dataset, split_cases
+    import_tensorflow()
     from model.run import load_run
     from model.train import evaluate
 

@@ -66,9 +66,11 @@ def configure_tensorflow(threads: int | None) -> None:
     if threads:
         # OpenMP/oneDNN read these at load; TensorFlow's own pools are set below.
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    from model.tensorflow_import import import_tensorflow
+
+    tf = import_tensorflow()  # None where Keras runs on another backend
+    if tf is None:
         return
-    import tensorflow as tf
 
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

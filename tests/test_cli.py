@@ -71,6 +71,8 @@ def test_segment_of_a_non_nifti_file_is_one_sentence_and_exit_2(tiny_run, tmp_pa
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("hpsearch: error:")]
     assert len(errors) == 1 and "scan.nii.gz is not a readable NIfTI file" in errors[0]
+    # Nothing else: TensorFlow loaded (to read the model) without its start-up notices.
+    assert result.stderr.strip().splitlines() == errors
     assert not (tmp_path / "out.nii.gz").exists()
 
 
