@@ -52,7 +52,8 @@ def filtered_stderr(dropped: tuple[bytes, ...]):
         with os.fdopen(read_end, "rb") as pipe:
             for line in pipe:
                 if not any(notice in line for notice in dropped):
-                    os.write(real_stderr, line)
+                    while line:  # os.write may take only part of a long line
+                        line = line[os.write(real_stderr, line):]
 
     thread = threading.Thread(target=pass_through, name="stderr-filter", daemon=True)
     thread.start()
