@@ -40,6 +40,18 @@ def test_drops_at_the_rate_and_scales_what_it_keeps(channels):
     np.testing.assert_allclose(gradient, np.where(dropped, 0.0, scale), rtol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [30, 5])
+def test_sizes_known_only_when_it_runs_give_the_same_masks(channels):
+    # A traced function whose input sizes are unknown takes the run-time shape path; the same seed
+    # and input must drop the same values as the path for sizes known when tracing.
+    x = np.random.default_rng(1).uniform(0.5, 1.5, size=(2, 8, 16, 16, channels)).astype(np.float32)
+    known, unknown = BitsDropout(0.3, seed=5), BitsDropout(0.3, seed=5)
+    traced = tf.function(
+        lambda v: unknown(v, training=True), input_signature=[tf.TensorSpec((None, None, None, None, channels))]
+    )
+    np.testing.assert_array_equal(traced(tf.constant(x)).numpy(), known(x, training=True).numpy())
+
+
 def test_the_two_values_drawn_from_one_random_word_are_independent():
     rate = 0.5
     y, _ = dropped_and_gradient(BitsDropout(rate, seed=3), np.ones((4, 16, 32, 32, 2), np.float32))
