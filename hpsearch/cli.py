@@ -318,6 +318,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
     finally:
         launcher.cleanup()
     print_best(study, interrupted=code == 130)
+    if code == 0:
+        # The same study and storage flags as this launch, so the commands can be pasted as they are.
+        flags = "" if args.study_file == DEFAULT_STUDY else f" --study {args.study_file}"
+        flags += f" --storage '{shown}'" if args.storage else ""
+        data = os.path.relpath(config.data_path) if config.data_path.is_relative_to(Path.cwd()) else config.data_path
+        print(
+            "next: write the best trial as Table 1, then train the final model with it:\n"
+            f"  hpsearch export{flags} -o best.yaml\n"
+            f"  hpsearch train --data {data} --params best.yaml"
+        )
     return code
 
 

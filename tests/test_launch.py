@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 
 import pytest
@@ -43,6 +44,15 @@ def test_two_workers_reach_exactly_the_target(storage_url, tmp_path):
     assert "best validation IoU" in output
     # The trials' models were stored next to the study file.
     assert any((tmp_path / "studies" / "artifacts").iterdir())
+    # The next steps it prints run as printed (the export here; training would take minutes).
+    lines = output.splitlines()
+    hint = lines.index("next: write the best trial as Table 1, then train the final model with it:")
+    export, train = (shlex.split(line) for line in lines[hint + 1:hint + 3])
+    assert export[:2] == ["hpsearch", "export"] and train[:2] == ["hpsearch", "train"]
+    code, exported = finish(hpsearch(*export[1:], cwd=tmp_path))
+    assert code == 0, exported
+    assert "channels in first conv layer" in (tmp_path / "best.yaml").read_text()
+    assert (tmp_path / train[train.index("--data") + 1]).is_dir() and train[-2:] == ["--params", "best.yaml"]
 
 
 def _another_running_trial_with_a_step(storage_url, first):
