@@ -96,3 +96,33 @@ def test_a_nan_loss_raises_training_diverged(tiny_data):
 def test_train_config_refuses_bad_values(kwargs, message):
     with pytest.raises(InputError, match=message):
         TrainConfig(**{"depth": 2, **kwargs})
+
+
+def test_a_model_folder_written_by_the_earlier_network_loads_and_predicts_the_same(tiny_data, tmp_path):
+    """Before the (z, x, y) layout, BitsDropout and FusedAdam, models held plain Conv3D layers, Keras's
+    Dropout and Keras's Adam; folders written then must still load and segment alike."""
+    import functools
+    from unittest import mock
+
+    import keras
+
+    from model.inference import predict_probabilities
+    from model.run import load_run, save_run
+    from model.train import compiled_unet
+
+    config = TrainConfig(steps=4, eval_every=2, patch_shape=(16, 16, 8), depth=2, seed=2)
+    with (
+        mock.patch("model.train.compiled_unet", functools.partial(compiled_unet, layout="xyz")),
+        mock.patch("model.unet.BitsDropout", keras.layers.Dropout),
+        mock.patch("model.train.FusedAdam", keras.optimizers.Adam),
+    ):
+        result = train(TINY, tiny_data, config)
+    kinds = {type(layer).__name__ for layer in result.model.layers}
+    assert "Dropout" in kinds and not kinds & {"SliceConv3D", "BitsDropout"}
+    assert type(result.model.optimizer) is keras.optimizers.Adam
+    folder = save_run(tmp_path / "old", result, TINY, config, class_names=("background", "lv"), channel_names=("MRI",))
+    run = load_run(folder)
+    image = tiny_data.val[0].image
+    np.testing.assert_allclose(
+        predict_probabilities(run.model, image, depth=2), predict_probabilities(result.model, image, depth=2), atol=1e-6
+    )
