@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -320,9 +321,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     print_best(study, interrupted=code == 130)
     if code == 0:
         # The same study and storage flags as this launch, so the commands can be pasted as they are.
-        flags = "" if args.study_file == DEFAULT_STUDY else f" --study {args.study_file}"
-        flags += f" --storage '{shown}'" if args.storage else ""
+        flags = "" if args.study_file == DEFAULT_STUDY else f" --study {shlex.quote(str(args.study_file))}"
+        flags += f" --storage {shlex.quote(shown)}" if args.storage else ""
         data = os.path.relpath(config.data_path) if config.data_path.is_relative_to(Path.cwd()) else config.data_path
+        data = shlex.quote(str(data))
         print(
             "next: write the best trial as Table 1, then train the final model with it:\n"
             f"  hpsearch export{flags} -o best.yaml\n"
