@@ -77,10 +77,13 @@ class MatmulReference:
         self._run()
         self.times.append(time.perf_counter() - started)
 
-    def flops_per_second(self, last: int | None = None) -> float:
-        """FLOP/s from the median of the timings so far (or of the `last` ones)."""
-        times = self.times[-last:] if last else self.times
-        return 2.0 * self.size**3 / statistics.median(times)
+    def rates(self, last: int) -> list[float]:
+        """FLOP/s of each of the `last` timings."""
+        return [2.0 * self.size**3 / t for t in self.times[-last:]]
+
+    def flops_per_second(self, last: int) -> float:
+        """FLOP/s from the median of the `last` timings."""
+        return 2.0 * self.size**3 / statistics.median(self.times[-last:])
 
 
 # The networks timed side by side at each patch size: (block, layout, dropout layer). The first is
@@ -183,8 +186,9 @@ def main() -> None:
     for patch in patches:
         timings = step_timings(patch, channels=args.channels, batch=args.batch, steps=args.steps, reference=reference)
         peak = reference.flops_per_second(last=args.steps)
-        spread = [2.0 * args.matmul_size**3 / t / 1e9 for t in reference.times[-args.steps:]]
-        print(f"|   | reference matmul during these steps: {peak / 1e9:.1f} GFLOP/s (median; {min(spread):.0f}–{max(spread):.0f}) | | | | | | |")
+        spread = reference.rates(last=args.steps)
+        print(f"|   | reference matmul during these steps: {peak / 1e9:.1f} GFLOP/s (median; "
+              f"{min(spread) / 1e9:.0f}–{max(spread) / 1e9:.0f}) | | | | | | |")
         for (block, layout, dropout), timing in timings.items():
             rate = 3 * timing.flops / timing.seconds
             print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {dropout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
