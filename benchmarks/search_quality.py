@@ -7,8 +7,14 @@ searches begin with the study's start point, so they differ only in what they do
 test split is never used for selection: after a search, its winner's stored model is segmented
 on the test cases.
 
+A search's best validation IoU is partly the luck of its trials' training seeds. `--retrain K`
+measures what a user gets from it instead: each winner's configuration (and the start point, for
+reference) is trained again K times with fresh seeds, as `hpsearch train --params best.yaml`
+would, and scored on the validation and test cases.
+
     python benchmarks/search_quality.py                 # 4 methods x 3 seeds x 16 trials
     python benchmarks/search_quality.py --methods paper,tpe --seeds 1 --trials 4 --jobs 2
+    python benchmarks/search_quality.py --methods paper --resume --retrain 4 --jobs 2
 
 Prints a table (mean ± spread over seeds), and writes the raw records (search_quality.json) and
 a plotly figure of best validation IoU against training steps spent (search_quality.html) to
@@ -55,7 +61,16 @@ METHODS: dict[str, tuple[dict, dict | None]] = {
         {"name": "successive_halving", "min_resource": 50, "reduction_factor": 3},
     ),
 }
+# Methods that also change the study: "+shared" trains every trial with the search's seed
+# (trial_seeds: shared), so trials differ by their hyperparameters, not their training luck.
+STUDY_CHANGES: dict[str, dict] = {}
+for _name in ("paper", "paper+median"):
+    METHODS[f"{_name}+shared"] = METHODS[_name]
+    STUDY_CHANGES[f"{_name}+shared"] = {"trial_seeds": "shared"}
 DEFAULT_METHODS = "paper,paper+median,random,tpe"
+# Retrain k trains with training seed RETRAIN_SEED + k: far from any search's trial seeds
+# (study seed + trial number), so no retrain repeats a training run of a search.
+RETRAIN_SEED = 10_000
 
 
 def _start_process(threads: int) -> None:
@@ -88,7 +103,7 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
         # Unless the method says otherwise, a pruner with a warm-up (median, percentile, threshold)
         # prunes from half-way: the first evaluations are mostly noise.
         pruner = {"n_warmup_steps": steps // 2, **pruner}
-    config = dataclasses.replace(config, seed=seed, sampler=sampler, pruner=pruner)
+    config = dataclasses.replace(config, seed=seed, sampler=sampler, pruner=pruner, **STUDY_CHANGES.get(method, {}))
     data = load_data(config)
     budget = trials * steps
 
@@ -133,6 +148,44 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     }
 
 
+def retrain(study_file: str, params: dict, seed: int) -> dict:
+    """Train `params` (Table 1 names; the start point where empty) from scratch with training seed
+    `seed`; returns the final validation IoU (the objective's measure) and the test IoU of the
+    model it keeps (its best validation weights, as `hpsearch train` saves)."""
+    from hpsearch.config import load_study
+    from hpsearch.worker import load_data
+    from model.data import load_dataset, split_cases
+    from model.train import evaluate, train
+
+    config = load_study(study_file)
+    started = time.perf_counter()
+    train_config = dataclasses.replace(config.train_config(0), seed=seed)
+    result = train(config.hyperparameters(params), load_data(config), train_config)
+    dataset = load_dataset(config.data_path)
+    test_names = list(split_cases(dataset.case_names, **config.split).test)
+    test = evaluate(result.model, dataset.load_cases(test_names), depth=train_config.depth, num_classes=dataset.num_classes)
+    return {
+        "params": params, "seed": seed, "validation_iou": result.final.iou, "test_iou": test.iou,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def retrain_key(params: dict, seed: int) -> str:
+    """One retrain's identity: the configuration and the training seed."""
+    return json.dumps([params, seed], sort_keys=True)
+
+
+def winner_params(search: dict) -> dict:
+    """The searched hyperparameters of `search`'s winner (Table 1 names)."""
+    return next(t["params"] for t in search["trials"] if t["number"] == search["winner"])
+
+
+def retrained(retrains: dict[str, dict], params: dict, count: int, field: str) -> float | None:
+    """Mean of `field` over the first `count` retrains of `params`; None if any is missing."""
+    runs = [retrains.get(retrain_key(params, RETRAIN_SEED + k)) for k in range(count)]
+    return None if count == 0 or None in runs else statistics.fmean(r[field] for r in runs)
+
+
 def best_at(search: dict, spent: int) -> float:
     """Best validation IoU of `search` after `spent` training steps (0 before any complete trial)."""
     values = [r["best"] for r in search["trials"] if r["spent"] <= spent and r["best"] is not None]
@@ -161,8 +214,9 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
-def summarise(searches: list[dict], methods: list[str]) -> list[list[str]]:
-    """Table rows: per method, final best validation IoU, winner's test IoU, steps to the paper's final best."""
+def summarise(searches: list[dict], methods: list[str], retrains: dict[str, dict], count: int) -> list[list[str]]:
+    """Table rows: per method, final best validation IoU, winner's test IoU, steps to the paper's
+    final best, and (with `count` retrains) the winner's IoUs when trained again."""
     by_method = {m: [s for s in searches if s["method"] == m] for m in methods}
     paper = by_method.get("paper")
     target = statistics.fmean(s["validation_iou"] for s in paper) if paper else None
@@ -186,6 +240,10 @@ def summarise(searches: list[dict], methods: list[str]) -> list[list[str]]:
             crossing_text,
             f"{statistics.fmean(s['seconds'] for s in runs) / 60:.1f}",
         ])
+        if count:
+            for field in ("validation_iou", "test_iou"):
+                means = [retrained(retrains, winner_params(s), count, field) for s in runs]
+                rows[-1].append("—" if None in means else spread(means))
     return rows
 
 
@@ -193,6 +251,7 @@ HEADER = [
     "method", "best validation IoU", "winner's test IoU", "trials", "pruned",
     "compute to reach paper's final best: per seed (share of budget)", "mean curve", "minutes per search",
 ]
+RETRAIN_HEADER = ["winner retrained: validation IoU", "winner retrained: test IoU"]
 
 
 def write_figure(searches: list[dict], methods: list[str], path: Path) -> None:
@@ -229,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, each in its own process")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"), help="folder for search_quality.json and .html")
     parser.add_argument("--resume", action="store_true", help="keep the searches already in --out's search_quality.json (all of them stay in it) and run only the missing ones")
+    parser.add_argument("--retrain", type=int, default=0, metavar="K", help="train each winner (and the start point) again with K fresh seeds and report their mean IoUs (default: 0)")
     parser.add_argument("--report", action="store_true", help="run nothing: print the table and draw the figure from the records in --out (with --resume's selection)")
     args = parser.parse_args(argv)
     if args.report:
         if not (Path(args.out) / "search_quality.json").is_file():
             parser.error(f"--report reads {Path(args.out) / 'search_quality.json'}, which does not exist; run the searches first.")
         args.resume = True
+    if args.retrain < 0:
+        parser.error(f"--retrain must be 0 or more, got {args.retrain}.")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -246,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(tasks)} searches of {args.trials} trials' compute each, {args.jobs} at a time, {threads} thread(s) each", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    searches, others = [], []
+    searches, others, retrains = [], [], {}
     if args.resume and (out / "search_quality.json").is_file():
-        kept = json.loads((out / "search_quality.json").read_text())["searches"]
+        record = json.loads((out / "search_quality.json").read_text())
+        retrains = {retrain_key(r["params"], r["seed"]): r for r in record.get("retrains", [])}
+        kept = record["searches"]
         selected = [s["method"] in methods and s["seed"] < args.seeds for s in kept]
         searches = [s for s, chosen in zip(kept, selected) if chosen]
         # Records of other methods or seeds stay in the file, out of this run's table.
@@ -271,20 +335,59 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 # Written after every search: hours of results survive an interrupted run.
-                (out / "search_quality.json").write_text(json.dumps({"args": vars(args), "searches": others + searches}, indent=1))
+                write_records(out, args, others + searches, retrains)
+
+    from hpsearch.config import load_study  # no TensorFlow import: the pools' workers load it
+
+    study = load_study(args.study)
+    start = {name: study.start[name] for name in study.search_space}
+    configurations = [start] + [winner_params(s) for s in searches]
+    wanted = {retrain_key(c, RETRAIN_SEED + k): (c, RETRAIN_SEED + k) for c in configurations for k in range(args.retrain)}
+    missing = [(args.study, *wanted[key]) for key in wanted if key not in retrains]
+    if missing and args.report:
+        print(f"report: {len(missing)} retrains missing (their columns show —)", flush=True)
+    elif missing:
+        print(f"{len(missing)} retrains of {len({retrain_key(c, 0) for c in configurations})} configurations, {args.jobs} at a time", flush=True)
+        with multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_start_process, initargs=(threads,)) as pool:
+            for run in pool.imap_unordered(_retrain_star, missing):
+                retrains[retrain_key(run["params"], run["seed"])] = run
+                print(f"retrain seed {run['seed']}: validation IoU {run['validation_iou']:.4f}, test IoU {run['test_iou']:.4f}, "
+                      f"{run['seconds']:.0f} s, {json.dumps(run['params'])}", flush=True)
+                write_records(out, args, others + searches, retrains)
 
     write_figure(searches, methods, out / "search_quality.html")
+    header = HEADER + (RETRAIN_HEADER if args.retrain else [])
     print()
-    print("| " + " | ".join(HEADER) + " |")
-    print("| " + " | ".join("---" for _ in HEADER) + " |")
-    for row in summarise(searches, methods):
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join("---" for _ in header) + " |")
+    for row in summarise(searches, methods, retrains, args.retrain):
         print("| " + " | ".join(row) + " |")
+    if args.retrain:
+        print(
+            f"\nthe start point alone, trained {args.retrain} times: validation IoU "
+            f"{_or_dash(retrained(retrains, start, args.retrain, 'validation_iou'))}, test IoU "
+            f"{_or_dash(retrained(retrains, start, args.retrain, 'test_iou'))}"
+        )
     print(f"\nwrote {out / 'search_quality.json'} and {out / 'search_quality.html'}")
     return 0
 
 
+def write_records(out: Path, args: argparse.Namespace, searches: list[dict], retrains: dict[str, dict]) -> None:
+    """The raw records, rewritten whole: searches and retrains."""
+    record = {"args": vars(args), "searches": searches, "retrains": list(retrains.values())}
+    (out / "search_quality.json").write_text(json.dumps(record, indent=1))
+
+
+def _or_dash(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def _star(task: tuple) -> dict:
     return run_search(*task)
+
+
+def _retrain_star(task: tuple) -> dict:
+    return retrain(*task)
 
 
 if __name__ == "__main__":

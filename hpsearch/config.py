@@ -54,7 +54,11 @@ PRUNERS = {
     "threshold": "ThresholdPruner",
 }
 
-_TOP_KEYS = ("study", "data", "training", "trials", "seed", "deterministic", "sampler", "pruner", "start", "search_space")
+_TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "deterministic", "sampler", "pruner", "start", "search_space")
+# How trials draw their training seeds: "per_trial" trains trial n with seed + n; "shared" trains
+# every trial with the study seed itself (the same initial weights where the channels match, the
+# same blocks and dropout masks), so two trials differ by their hyperparameters, not their luck.
+TRIAL_SEEDS = ("per_trial", "shared")
 _DATA_KEYS = ("path", "synth", "split")
 _SYNTH_DEFAULTS = {"cases": 20, "shape": (192, 192, 12), "seed": 0, "myocardium": False}  # `hpsearch data synth`'s
 _SYNTH_SIZE = (8, 1024)  # the sizes model.synth.write_dataset accepts
@@ -95,6 +99,7 @@ class StudyConfig:
     training: dict
     trials: int
     seed: int | None
+    trial_seeds: str
     deterministic: bool
     sampler: dict
     pruner: dict | None
@@ -121,8 +126,12 @@ class StudyConfig:
         return _build_pruner(self.pruner or {"name": "none"}, "the study")
 
     def train_config(self, trial_number: int) -> TrainConfig:
-        """How trial `trial_number` trains: its seed is the study seed plus the trial number."""
-        seed = None if self.seed is None else self.seed + trial_number
+        """How trial `trial_number` trains: its seed is the study seed plus the trial number, or
+        the study seed itself when trial_seeds is "shared"."""
+        if self.seed is None or self.trial_seeds == "shared":
+            seed = self.seed
+        else:
+            seed = self.seed + trial_number
         return TrainConfig(**self.training, seed=seed, deterministic=self.deterministic)
 
     def hyperparameters(self, params: Mapping[str, Any]) -> Hyperparameters:
@@ -143,6 +152,7 @@ class StudyConfig:
             "training": training,
             "trials": self.trials,
             "seed": self.seed,
+            "trial_seeds": self.trial_seeds,
             "deterministic": self.deterministic,
             "sampler": self.sampler,
             "pruner": self.pruner,
@@ -295,6 +305,11 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
     seed = document.get("seed")
     if seed is not None:
         seed = check.integer(seed, "seed", minimum=0)
+    trial_seeds = document.get("trial_seeds", "per_trial")
+    if trial_seeds not in TRIAL_SEEDS:
+        raise check.fail(f"trial_seeds must be one of {', '.join(TRIAL_SEEDS)}, got {trial_seeds!r}.")
+    if trial_seeds == "shared" and seed is None:
+        raise check.fail("trial_seeds: shared needs a seed for every trial to share; add e.g. seed: 0.")
     deterministic = check.boolean(document.get("deterministic", False), "deterministic")
     start = _parse_start(check, document.get("start"))
     search_space = _parse_search_space(check, document["search_space"], start)
@@ -310,7 +325,7 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
         _build_pruner(pruner, check.where)
     return StudyConfig(
         name=name, source=source, data_path=data_path, synth=synth, split=split, training=training,
-        trials=trials, seed=seed, deterministic=deterministic, sampler=sampler, pruner=pruner,
+        trials=trials, seed=seed, trial_seeds=trial_seeds, deterministic=deterministic, sampler=sampler, pruner=pruner,
         start=start, search_space=search_space,
     )
 

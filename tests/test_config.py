@@ -199,6 +199,14 @@ def test_train_config_seeds_each_trial(tmp_path):
     assert train.patch_shape == (16, 16, 8) and train.steps == 10 and train.eval_every == 5
     assert config.train_config(0).seed == 7
     assert load(tmp_path, seed=None).train_config(3).seed is None
+    assert config.trial_seeds == "per_trial"  # the default
+
+
+def test_shared_trial_seeds_train_every_trial_with_the_study_seed(tmp_path):
+    config = load(tmp_path, trial_seeds="shared")
+    assert [config.train_config(n).seed for n in (0, 1, 5)] == [7, 7, 7]
+    # kept through the form stored in the study
+    assert StudyConfig.from_dict(config.to_dict()).train_config(4).seed == 7
 
 
 # ---------------------------------------------------------------- samplers and pruners
@@ -356,6 +364,8 @@ BAD = [
     ({"trials": "many"}, r"trials must be a whole number, got 'many'"),
     ({"seed": -1}, r"seed must be at least 0, got -1"),
     ({"deterministic": "yes"}, r"deterministic must be true or false, got 'yes'"),
+    ({"trial_seeds": "same"}, r"trial_seeds must be one of per_trial, shared, got 'same'"),
+    ({"trial_seeds": "shared", "seed": DELETE}, r"trial_seeds: shared needs a seed for every trial to share; add e.g. seed: 0"),
     # data
     ({"data.synth.shape": "4x4x4"}, r"data.synth.shape 4x4x4 needs every size in \[8, 1024\]"),
     ({"data.synth.shape": "big"}, r"data.synth.shape 'big' is not a shape; write three sizes like 64x64x16"),
