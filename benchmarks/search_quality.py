@@ -64,7 +64,7 @@ METHODS: dict[str, tuple[dict, dict | None]] = {
 # Methods that also change the study: "+shared" trains every trial with the search's seed
 # (trial_seeds: shared), so trials differ by their hyperparameters, not their training luck.
 STUDY_CHANGES: dict[str, dict] = {}
-for _name in ("paper", "paper+median"):
+for _name in ("paper", "paper+median", "factor3+median@50"):
     METHODS[f"{_name}+shared"] = METHODS[_name]
     STUDY_CHANGES[f"{_name}+shared"] = {"trial_seeds": "shared"}
 DEFAULT_METHODS = "paper,paper+median,random,tpe"
@@ -180,6 +180,15 @@ def winner_params(search: dict) -> dict:
     return next(t["params"] for t in search["trials"] if t["number"] == search["winner"])
 
 
+def winner_at(search: dict, share: float) -> dict:
+    """The searched hyperparameters of the best trial `search` had after `share` of its budget
+    (its final winner at share 1; the budget's last trial may run past the budget)."""
+    if share >= 1:
+        return winner_params(search)
+    done = [r for r in search["trials"] if r["state"] == "COMPLETE" and r["spent"] <= share * search["budget"]]
+    return max(done, key=lambda r: r["value"])["params"]
+
+
 def retrained(retrains: dict[str, dict], params: dict, count: int, field: str) -> float | None:
     """Mean of `field` over the first `count` retrains of `params`; None if any is missing."""
     runs = [retrains.get(retrain_key(params, RETRAIN_SEED + k)) for k in range(count)]
@@ -240,9 +249,9 @@ def summarise(searches: list[dict], methods: list[str], retrains: dict[str, dict
             crossing_text,
             f"{statistics.fmean(s['seconds'] for s in runs) / 60:.1f}",
         ])
-        if count:
+        for share in RETRAIN_AT if count else ():
             for field in ("validation_iou", "test_iou"):
-                means = [retrained(retrains, winner_params(s), count, field) for s in runs]
+                means = [retrained(retrains, winner_at(s, share), count, field) for s in runs]
                 rows[-1].append("—" if None in means else spread(means))
     return rows
 
@@ -251,7 +260,13 @@ HEADER = [
     "method", "best validation IoU", "winner's test IoU", "trials", "pruned",
     "compute to reach paper's final best: per seed (share of budget)", "mean curve", "minutes per search",
 ]
-RETRAIN_HEADER = ["winner retrained: validation IoU", "winner retrained: test IoU"]
+# Winners retrained: the best trial after half the budget (is the paper scheme's final quality
+# reached with half its compute?) and the final winner.
+RETRAIN_AT = (0.5, 1.0)
+RETRAIN_HEADER = [
+    "winner after ½ the budget, retrained: validation IoU", "test IoU",
+    "final winner, retrained: validation IoU", "test IoU",
+]
 
 
 def write_figure(searches: list[dict], methods: list[str], path: Path) -> None:
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     study = load_study(args.study)
     start = {name: study.start[name] for name in study.search_space}
-    configurations = [start] + [winner_params(s) for s in searches]
+    configurations = [start] + [winner_at(s, share) for s in searches for share in RETRAIN_AT]
     wanted = {retrain_key(c, RETRAIN_SEED + k): (c, RETRAIN_SEED + k) for c in configurations for k in range(args.retrain)}
     missing = [(args.study, *wanted[key]) for key in wanted if key not in retrains]
     if missing and args.report:

@@ -109,8 +109,11 @@ def test_quickstart_study_is_small():
     assert config.data_path == ROOT / "data" / "quickstart"
     assert config.synth["cases"] == 24 and config.synth["shape"] == (64, 64, 16)
     assert isinstance(config.make_sampler(), NeighborhoodSampler)
-    # the recommended default of benchmarks/search_quality.py: the paper's scheme with a median pruner
-    assert config.pruner == {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 100}
+    # the recommended default of benchmarks/search_quality.py ("factor3+median@50"): the paper's
+    # scheme in [best / 3, best * 3], with a median pruner from the first evaluation
+    assert config.sampler == {"name": "neighborhood", "factor": 3.0}
+    assert config.pruner == {"name": "median", "n_startup_trials": 4, "n_warmup_steps": 50}
+    assert config.trial_seeds == "per_trial"
     assert isinstance(config.make_pruner(), optuna.pruners.MedianPruner)
 
 
