@@ -9,8 +9,8 @@ on the test cases.
 
 A search's best validation IoU is partly the luck of its trials' training seeds. `--retrain K`
 measures what a user gets from it instead: each winner's configuration (and the start point, for
-reference) is trained again K times with fresh seeds, as `hpsearch train --params best.yaml`
-would, and scored on the validation and test cases.
+reference) is trained from scratch K more times, with fresh seeds and the study's training
+settings, and scored on the validation and test cases.
 
     python benchmarks/search_quality.py                 # 4 methods x 3 seeds x 16 trials
     python benchmarks/search_quality.py --methods paper,tpe --seeds 1 --trials 4 --jobs 2
@@ -149,9 +149,10 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
 
 
 def retrain(study_file: str, params: dict, seed: int) -> dict:
-    """Train `params` (Table 1 names; the start point where empty) from scratch with training seed
-    `seed`; returns the final validation IoU (the objective's measure) and the test IoU of the
-    model it keeps (its best validation weights, as `hpsearch train` saves)."""
+    """Train `params` (Table 1 names, over the study's start point) from scratch with training
+    seed `seed` and the study's training settings; returns the final validation IoU (the
+    objective's measure) and the test IoU of the model it keeps (its best validation weights,
+    as `hpsearch train` and the search's stored models keep)."""
     from hpsearch.config import load_study
     from hpsearch.worker import load_data
     from model.data import load_dataset, split_cases

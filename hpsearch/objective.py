@@ -38,6 +38,7 @@ BEST_ATTR = "best_validation_iou"
 BEST_STEP_ATTR = "best_step"
 TRAIN_SECONDS_ATTR = "train_seconds"
 MODEL_ARTIFACT_ATTR = "model_artifact"
+TRAIN_SEED_ATTR = "train_seed"  # seeds the trial's initialisation, training blocks and dropout masks
 
 
 class SurplusTrial(Exception):
@@ -136,6 +137,8 @@ class Objective:
             if self.on_progress and step % 10 == 0:
                 self.on_progress(trial.number, step, None)
 
+        # Before training, so that a trial that fails still says how to repeat it.
+        trial.set_user_attr(TRAIN_SEED_ATTR, config.seed)
         times = TrainTimes()
         started = time.perf_counter()
 

@@ -56,6 +56,15 @@ def test_a_trial_reports_its_curve_attributes_and_model(tiny, tmp_path):
     assert parts <= wall + rounding
 
 
+def test_each_trial_records_its_training_seed(tiny):
+    config, data = tiny  # seed 0
+    for trial_seeds, expected in (("per_trial", [0, 1]), ("shared", [0, 0])):
+        study = optuna.create_study(direction="maximize", sampler=config.make_sampler())
+        seeded = dataclasses.replace(config, trial_seeds=trial_seeds)
+        study.optimize(Objective(seeded, data, worker="w"), n_trials=2)
+        assert [t.user_attrs["train_seed"] for t in study.trials] == expected, trial_seeds
+
+
 def test_a_pruner_stops_a_trial_between_evaluations_but_never_after_the_last(tiny):
     config, data = tiny
     always = optuna.pruners.ThresholdPruner(lower=2.0)  # an IoU is never above 2: prune at every chance
