@@ -181,19 +181,22 @@ def winner_params(search: dict) -> dict:
     return next(t["params"] for t in search["trials"] if t["number"] == search["winner"])
 
 
-def winner_at(search: dict, share: float) -> dict:
+def winner_at(search: dict, share: float) -> dict | None:
     """The searched hyperparameters of the best trial `search` had after `share` of its budget
-    (its final winner at share 1; the budget's last trial may run past the budget)."""
+    (its final winner at share 1; the budget's last trial may run past the budget); None if no
+    trial had completed by then."""
     if share >= 1:
         return winner_params(search)
     done = [r for r in search["trials"] if r["state"] == "COMPLETE" and r["spent"] <= share * search["budget"]]
-    return max(done, key=lambda r: r["value"])["params"]
+    return max(done, key=lambda r: r["value"])["params"] if done else None
 
 
-def retrained(retrains: dict[str, dict], params: dict, count: int, field: str) -> float | None:
+def retrained(retrains: dict[str, dict], params: dict | None, count: int, field: str) -> float | None:
     """Mean of `field` over the first `count` retrains of `params`; None if any is missing."""
+    if params is None or count == 0:
+        return None
     runs = [retrains.get(retrain_key(params, RETRAIN_SEED + k)) for k in range(count)]
-    return None if count == 0 or None in runs else statistics.fmean(r[field] for r in runs)
+    return None if None in runs else statistics.fmean(r[field] for r in runs)
 
 
 def best_at(search: dict, spent: int) -> float:
@@ -357,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
     study = load_study(args.study)
     start = {name: study.start[name] for name in study.search_space}
-    configurations = [start] + [winner_at(s, share) for s in searches for share in RETRAIN_AT]
+    winners = [winner_at(s, share) for s in searches for share in RETRAIN_AT]
+    configurations = [start] + [w for w in winners if w is not None]
     wanted = {retrain_key(c, RETRAIN_SEED + k): (c, RETRAIN_SEED + k) for c in configurations for k in range(args.retrain)}
     missing = [(args.study, *wanted[key]) for key in wanted if key not in retrains]
     if missing and args.report:
