@@ -92,9 +92,7 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     from hpsearch.config import PRUNERS, load_study
     from hpsearch.objective import MODEL_ARTIFACT_ATTR, Objective
     from hpsearch.worker import load_data
-    from model.data import load_dataset, split_cases
     from model.run import load_run
-    from model.train import evaluate
 
     sampler, pruner = METHODS[method]
     config = load_study(study_file)
@@ -136,15 +134,12 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
         download_artifact(artifact_store=store, file_path=str(archive), artifact_id=winner.user_attrs[MODEL_ARTIFACT_ATTR])
         with zipfile.ZipFile(archive) as zipped:
             zipped.extractall(Path(folder) / "winner")
-        run = load_run(Path(folder) / "winner")
-        dataset = load_dataset(config.data_path)
-        test_names = list(split_cases(dataset.case_names, **config.split).test)
-        test = evaluate(run.model, dataset.load_cases(test_names), depth=run.config.depth, num_classes=dataset.num_classes)
+        test_iou, test_cases = evaluate_on_test(load_run(Path(folder) / "winner").model, config)
 
     return {
         "method": method, "seed": seed, "budget": budget, "trials": records,
-        "winner": winner.number, "validation_iou": winner.value, "test_iou": test.iou,
-        "test_cases": len(test_names), "seconds": time.perf_counter() - started,
+        "winner": winner.number, "validation_iou": winner.value, "test_iou": test_iou,
+        "test_cases": test_cases, "seconds": time.perf_counter() - started,
     }
 
 
@@ -155,20 +150,28 @@ def retrain(study_file: str, params: dict, seed: int) -> dict:
     as `hpsearch train` and the search's stored models keep)."""
     from hpsearch.config import load_study
     from hpsearch.worker import load_data
-    from model.data import load_dataset, split_cases
-    from model.train import evaluate, train
+    from model.train import train
 
     config = load_study(study_file)
     started = time.perf_counter()
     train_config = dataclasses.replace(config.train_config(0), seed=seed)
     result = train(config.hyperparameters(params), load_data(config), train_config)
-    dataset = load_dataset(config.data_path)
-    test_names = list(split_cases(dataset.case_names, **config.split).test)
-    test = evaluate(result.model, dataset.load_cases(test_names), depth=train_config.depth, num_classes=dataset.num_classes)
+    test_iou, _ = evaluate_on_test(result.model, config)
     return {
-        "params": params, "seed": seed, "validation_iou": result.final.iou, "test_iou": test.iou,
+        "params": params, "seed": seed, "validation_iou": result.final.iou, "test_iou": test_iou,
         "seconds": time.perf_counter() - started,
     }
+
+
+def evaluate_on_test(model, config) -> tuple[float, int]:
+    """IoU of `model` on the study's test cases (never used for selection), and how many there are."""
+    from model.data import load_dataset, split_cases
+    from model.train import evaluate
+
+    dataset = load_dataset(config.data_path)
+    names = list(split_cases(dataset.case_names, **config.split).test)
+    test = evaluate(model, dataset.load_cases(names), depth=config.training["depth"], num_classes=dataset.num_classes)
+    return test.iou, len(names)
 
 
 def retrain_key(params: dict, seed: int) -> str:
