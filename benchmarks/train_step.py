@@ -34,7 +34,7 @@ from keras import ops  # noqa: E402
 
 from model.config import TrainConfig  # noqa: E402
 from model.dropout import BitsDropout  # noqa: E402
-from model.inference import predict_labels  # noqa: E402
+from model.inference import inference_model, predict_labels  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.train import compiled_unet  # noqa: E402
 from model.unet import build_unet  # noqa: E402
@@ -144,9 +144,10 @@ def step_timings(
 def inference_seconds(
     shape: tuple[int, int, int], *, channels: int, reference: MatmulReference, repeats: int = 3
 ) -> tuple[dict[str, float], float]:
-    """Median seconds of whole-volume inference per layout, interleaved (with the reference product too);
-    and its forward FLOPs."""
+    """Median seconds of whole-volume inference per layout, and in bfloat16 (zxy; `hpsearch segment
+    --precision bfloat16`), interleaved with the reference product; and its forward FLOPs."""
     models = {layout: build_unet(channels=channels, layout=layout) for layout in ("zxy", "xyz")}
+    models["bfloat16"] = inference_model(models["zxy"], "bfloat16")
     flops = conv_flops(build_unet(channels=channels, spatial_shape=shape))
     image = np.random.default_rng(0).normal(size=(*shape, 1)).astype(np.float32)
     times: dict = {layout: [] for layout in models}
@@ -166,12 +167,12 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=30)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--patches", default="64x64x16,128x128x16")
+    parser.add_argument("--patches", default="64x64x16,128x128x16", help="training-step patch sizes ('' to skip)")
     parser.add_argument("--inference", default="256x256x16", help="volume for the inference timing ('' to skip)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="size of the reference matrix product (use 8192 on a GPU)")
     parser.add_argument("--dtype-policy", default="float32", help="Keras dtype policy of the networks, e.g. mixed_bfloat16 on a GPU")
     args = parser.parse_args()
-    patches = [tuple(int(v) for v in p.split("x")) for p in args.patches.split(",")]
+    patches = [tuple(int(v) for v in p.split("x")) for p in args.patches.split(",") if p]
     keras.config.set_dtype_policy(args.dtype_policy)
     # The reference product runs in the networks' compute dtype, so efficiency compares like with like.
     compute_dtype = keras.config.dtype_policy().compute_dtype
@@ -202,7 +203,8 @@ def main() -> None:
         # The forward pass alone: what the fastest possible inference would take at the matmul's rate.
         print(f"whole-volume inference of {args.inference}, {args.channels} channels ({flops / 1e9:.0f} GFLOP, "
               f"{flops / peak:.2f} s at the matmul's rate): {seconds['zxy']:.2f} s (zxy, efficiency "
-              f"{flops / seconds['zxy'] / peak:.2f}), {seconds['xyz']:.2f} s (xyz)")
+              f"{flops / seconds['zxy'] / peak:.2f}), {seconds['xyz']:.2f} s (xyz), "
+              f"{seconds['bfloat16']:.2f} s (zxy in bfloat16, --precision bfloat16)")
 
 
 if __name__ == "__main__":

@@ -153,14 +153,41 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from model.segment import segment
 
     run = load_run(args.model)
-    written = segment(run, args.input, args.output, progress=lambda i, n, name: print(f"[{i}/{n}] {name}"))
+    note_slow_bfloat16(args.precision)
+    written = segment(
+        run, args.input, args.output, precision=args.precision,
+        progress=lambda i, n, name: print(f"[{i}/{n}] {name}"),
+    )
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    from model.config import PRECISIONS
+
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="arithmetic of inference (default: float32); bfloat16 is about twice as fast on GPUs and on CPUs "
+        "with bfloat16 units (AVX-512 BF16, AMX), with bfloat16's rounding in the probabilities",
+    )
+
+
+def note_slow_bfloat16(precision: str) -> None:
+    """Say so on stderr when bfloat16 is asked for where it would be emulated (slower, not faster)."""
+    from model.inference import BFLOAT16_CPU_FLAGS, bfloat16_is_native
+
+    if precision == "bfloat16" and bfloat16_is_native() is False:
+        print(
+            f"hpsearch: note: this machine has no GPU and its CPU lacks bfloat16 units ({', '.join(BFLOAT16_CPU_FLAGS)}), "
+            "so --precision bfloat16 will likely be slower than float32 here.",
+            file=sys.stderr,
+        )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model.data import load_dataset, split_cases
+    from model.data import load_dataset
     import_tensorflow()
+    from model.inference import inference_model
     from model.run import load_run
     from model.train import evaluate
 
@@ -173,18 +200,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.split == "all":
         names = dataset.case_names
     else:
-        recorded = run.info.get("split", {})
-        split = split_cases(
-            dataset.case_names,
-            seed=recorded.get("seed", 0),
-            val_fraction=recorded.get("val_fraction", 0.2),
-            test_fraction=recorded.get("test_fraction", 0.2),
-        )
+        split = run.split(dataset.case_names)
         names = list(split.test if args.split == "test" else split.val)
         if not names:
             raise UsageError(f"the {args.split} split of {args.data} is empty; use --split all.")
     cases = dataset.load_cases(names)
-    result = evaluate(run.model, cases, depth=run.config.depth, num_classes=len(run.class_names))
+    note_slow_bfloat16(args.precision)
+    model = inference_model(run.model, args.precision)
+    result = evaluate(model, cases, depth=run.config.depth, num_classes=len(run.class_names))
     print_table(
         f"IoU per case ({args.split} split)",
         ["case", "mean foreground IoU"],
@@ -390,7 +413,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpsearch.objective import WORKER_ATTR
+    from hpsearch.objective import MODEL_ERROR_ATTR, WORKER_ATTR
     from hpsearch.progress import print_table
     from hpsearch.storage import FAIL_REASON_ATTR, describe
 
@@ -400,6 +423,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() if trial.duration else None
         note = trial.user_attrs.get(FAIL_REASON_ATTR, "")
+        if MODEL_ERROR_ATTR in trial.user_attrs and not note:
+            note = f"model not stored: {trial.user_attrs[MODEL_ERROR_ATTR]}"
         parent = trial.user_attrs.get("parent_trial")
         if parent is not None and not note:
             note = f"from {parent}"
@@ -525,12 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", required=True, help="model folder written by 'hpsearch train'")
     segment.add_argument("input", help="NIfTI file or folder")
     segment.add_argument("output", help="output NIfTI file or folder")
+    add_precision_option(segment)
     segment.set_defaults(handler=cmd_segment)
 
     evaluate = commands.add_parser("evaluate", help="IoU per class and per case on a labelled dataset")
     evaluate.add_argument("--model", required=True, help="model folder written by 'hpsearch train'")
     evaluate.add_argument("--data", required=True, help="dataset folder")
     evaluate.add_argument("--split", choices=("test", "val", "all"), default="test", help="which cases (default: test, the split recorded with the model)")
+    add_precision_option(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     launch = commands.add_parser("launch", help="create or resume a study and run N supervised workers")

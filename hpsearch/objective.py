@@ -2,7 +2,8 @@
 
 It reports validation IoU at every evaluation (the dashboard's learning curve; what a pruner
 reads), records per-class IoU, timings and the worker in user attributes, stores the model as
-an Optuna artifact, and returns the validation IoU after the last step.
+an Optuna artifact, and returns the validation IoU after the last step. A model that cannot be
+stored leaves its reason in the `model_error` attribute; the trial still completes.
 
 The timing attributes (seconds) of a complete or pruned trial split its wall time (datetime_start
 to datetime_complete): ask_seconds + prepare_seconds + train_seconds + save_seconds + the storage
@@ -18,6 +19,7 @@ import dataclasses
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ BEST_ATTR = "best_validation_iou"
 BEST_STEP_ATTR = "best_step"
 TRAIN_SECONDS_ATTR = "train_seconds"
 MODEL_ARTIFACT_ATTR = "model_artifact"
+MODEL_ERROR_ATTR = "model_error"  # why a complete trial has no stored model
 TRAIN_SEED_ATTR = "train_seed"  # seeds the trial's initialisation, training blocks and dropout masks
 
 
@@ -164,7 +167,15 @@ class Objective:
         trial.set_user_attr(BEST_STEP_ATTR, result.best.step)
         if self.artifact_store is not None:
             saving = time.perf_counter()
-            self._store_model(trial, result, params, config)
+            try:
+                self._store_model(trial, result, params, config)
+            except Exception as error:
+                # The IoU is what the search needs, and the final model is trained from the exported
+                # settings: a full disk or a lost artifact folder must not throw away a trained trial.
+                reason = f"{type(error).__name__}: {error}"[:500]
+                trial.set_user_attr(MODEL_ERROR_ATTR, reason)
+                print(f"hpsearch worker {self.worker}: trial {trial.number}'s model was not stored ({reason}); "
+                      "the trial keeps its IoU.", file=sys.stderr, flush=True)
             trial.set_user_attr("save_seconds", round(time.perf_counter() - saving, 4))
         if not math.isfinite(result.final.iou):
             raise ValueError(f"validation IoU is {result.final.iou}")

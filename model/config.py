@@ -12,6 +12,7 @@ from model.errors import InputError
 BLOCKS = ("factorized", "full")
 LOSSES = ("joint", "per_class")
 CLIP_MODES = ("global", "per_tensor")
+PRECISIONS = ("float32", "bfloat16")  # of inference (model/inference.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,24 @@
-"""Whole-volume inference of any size: pad to a multiple of 2**depth, predict with dropout off, crop back."""
+"""Whole-volume inference of any size: pad to a multiple of 2**depth, predict with dropout off, crop back.
+
+Inference runs in float32 unless asked for bfloat16 (`inference_model`): on CPUs with bfloat16
+units (AVX-512 BF16, AMX) and on GPUs that halves the time of a whole volume, at the cost of
+bfloat16's rounding in the probabilities (benchmarks/README.md, "Inference in bfloat16").
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from model.config import PRECISIONS
 from model.data import Case
+from model.errors import InputError
 from model.metrics import iou_counts
+
+# /proc/cpuinfo flags of the units that run bfloat16 products natively; without them oneDNN
+# emulates bfloat16 and inference gets slower, not faster.
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -39,3 +52,50 @@ def evaluate_cases(model, cases: list[Case], *, depth: int, num_classes: int) ->
         case.name: iou_counts(case.label, predict_labels(model, case.image, depth=depth), num_classes)
         for case in cases
     }
+
+
+def inference_model(model, precision: str = "float32"):
+    """`model` itself for "float32"; for "bfloat16" a copy that computes in bfloat16.
+
+    The copy holds the same float32 weights (Keras's mixed_bfloat16 policy: each layer casts its
+    weights and inputs to bfloat16) and keeps the softmax in float32, so its probabilities
+    (B, X, Y, Z, K) are float32 as the original's are. `model` is left as it was.
+    """
+    if precision == "float32":
+        return model
+    if precision != "bfloat16":
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}; choose one of those.")
+    import keras
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        # The output softmax was built in float32 on purpose (model/unet.py); it stays so.
+        if not isinstance(layer, keras.layers.Softmax):
+            config["dtype"] = "mixed_bfloat16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def bfloat16_is_native() -> bool | None:
+    """Whether bfloat16 runs on its own units here (a GPU, or a CPU with them); None when unknown."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return True
+    return cpu_has_bfloat16_units()
+
+
+def cpu_has_bfloat16_units(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
+    """Whether the CPU's flags in `cpuinfo` name a bfloat16 unit; None where there is no such file (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from model.data import Split, split_cases
 from model.errors import InputError
 from model.params import Hyperparameters, dump_params, load_params
 from model.config import TrainConfig
@@ -39,6 +40,16 @@ class Run:
     class_names: tuple[str, ...]
     channel_names: tuple[str, ...]
     info: dict
+
+    def split(self, names: list[str]) -> Split:
+        """The split of a dataset's case `names` that this model was trained with (its recorded seed and fractions)."""
+        recorded = self.info.get("split", {})
+        return split_cases(
+            names,
+            seed=recorded.get("seed", 0),
+            val_fraction=recorded.get("val_fraction", 0.2),
+            test_fraction=recorded.get("test_fraction", 0.2),
+        )
 
 
 def check_new_folder(out: str | os.PathLike) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 
 from model.data import NIFTI_ENDINGS, normalise, read_image
 from model.errors import InputError
-from model.inference import predict_labels
+from model.inference import inference_model, predict_labels
 from model.run import Run
 
 # nnU-Net names channel k of case CASE as CASE_000k.nii.gz.
@@ -62,9 +62,13 @@ def segment(
     source: str | os.PathLike,
     target: str | os.PathLike,
     *,
+    precision: str = "float32",
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Path]:
-    """Segment a NIfTI file (or every case in a folder) into `target` (a file or a folder); return the masks written."""
+    """Segment a NIfTI file (or every case in a folder) into `target` (a file or a folder); return the masks written.
+
+    `precision` is inference_model's: "float32" (default) or "bfloat16".
+    """
     source, target = Path(source), Path(target)
     channels = len(run.channel_names)
     if source.is_dir():
@@ -81,10 +85,11 @@ def segment(
     taken = [out for _, out in jobs if out.exists()]
     if taken:
         raise InputError(f"{taken[0]} already exists; choose another output or delete it.")
+    model = inference_model(run.model, precision)
     written = []
     for index, (files, out) in enumerate(jobs):
         image, reference = read_image(files, channels=channels)
-        labels = predict_labels(run.model, normalise(image), depth=run.config.depth)
+        labels = predict_labels(model, normalise(image), depth=run.config.depth)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_mask(labels, reference, out)
         written.append(out)

@@ -53,6 +53,23 @@ def test_segment_keeps_the_affine_and_header_geometry(tiny_run, synth_dataset, t
     assert "already exists" in capsys.readouterr().err
 
 
+def test_segment_and_evaluate_in_bfloat16(tiny_run, synth_dataset, tmp_path, capsys, monkeypatch):
+    source = synth_dataset / "imagesTr" / "case_000.nii.gz"
+    masks = {}
+    for precision in ("float32", "bfloat16"):
+        target = tmp_path / f"{precision}.nii.gz"
+        assert main(["segment", "--model", str(tiny_run), "--precision", precision, str(source), str(target)]) == 0
+        masks[precision] = np.asanyarray(nib.load(target).dataobj)
+    agreement = (masks["bfloat16"] == masks["float32"]).mean()
+    assert agreement > 0.99, f"the bfloat16 mask agrees with float32's on {agreement:.4f} of the voxels"
+    # A CPU without bfloat16 units gets a note that it will be slower there, and the run goes on.
+    monkeypatch.setattr("model.inference.cpu_has_bfloat16_units", lambda: False)
+    assert main(["evaluate", "--model", str(tiny_run), "--data", str(synth_dataset), "--split", "all", "--precision", "bfloat16"]) == 0
+    captured = capsys.readouterr()
+    assert "mean foreground IoU" in captured.out
+    assert "--precision bfloat16 will likely be slower than float32 here" in captured.err
+
+
 def test_evaluate_prints_iou_per_case_and_class(tiny_run, synth_dataset, capsys):
     assert main(["evaluate", "--model", str(tiny_run), "--data", str(synth_dataset), "--split", "all"]) == 0
     out = capsys.readouterr().out

@@ -56,6 +56,21 @@ def test_a_trial_reports_its_curve_attributes_and_model(tiny, tmp_path):
     assert parts <= wall + rounding
 
 
+def test_a_model_that_cannot_be_stored_leaves_the_trial_complete_with_the_reason(tiny, tmp_path, capsys):
+    config, data = tiny
+    # An artifact folder that is gone (an unmounted share, say): writing the model fails.
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "unmounted"))
+    study = optuna.create_study(direction="maximize", sampler=config.make_sampler())
+    study.optimize(Objective(config, data, worker="host/w0", artifact_store=store), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert trial.value == trial.intermediate_values[6]
+    assert "model_artifact" not in trial.user_attrs
+    assert trial.user_attrs["model_error"].startswith("FileNotFoundError: ")
+    assert "host/w0: trial 0's model was not stored (FileNotFoundError" in capsys.readouterr().err
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_each_trial_records_its_training_seed(tiny):
     config, data = tiny  # seed 0
     for trial_seeds, expected in (("per_trial", [0, 1]), ("shared", [0, 0])):

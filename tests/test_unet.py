@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from model.inference import predict_labels, predict_probabilities
+from model.errors import InputError
+from model.inference import cpu_has_bfloat16_units, inference_model, predict_labels, predict_probabilities
 from model.losses import joint_iou_loss, per_class_iou_loss
 from model.metrics import iou_counts, iou_from_counts, mean_foreground_iou
 from model.unet import SliceConv3D, build_unet
@@ -101,6 +102,41 @@ def test_whole_volume_inference_of_any_size(shape):
     assert labels.shape == shape and labels.dtype == np.uint8
     # Dropout is off: inference is deterministic.
     np.testing.assert_array_equal(probabilities, predict_probabilities(model, image, depth=3))
+
+
+def test_bfloat16_inference_computes_in_bfloat16_from_the_same_weights():
+    model = build_unet(num_classes=3, channels=4, depth=2)
+    image = np.random.default_rng(2).normal(size=(24, 16, 8, 1)).astype(np.float32)
+    fast = inference_model(model, "bfloat16")
+    assert {layer.compute_dtype for layer in fast.layers if "_conv_" in layer.name} == {"bfloat16"}
+    assert fast.get_layer("out_softmax").compute_dtype == "float32"
+    for ours, theirs in zip(fast.weights, model.weights, strict=True):
+        assert ours.dtype == "float32"
+        np.testing.assert_array_equal(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs))
+    exact = predict_probabilities(model, image, depth=2)
+    rounded = predict_probabilities(fast, image, depth=2)
+    assert rounded.dtype == np.float32 and rounded.shape == exact.shape
+    # bfloat16 keeps 8 bits of mantissa: the probabilities move, by about its rounding and no more.
+    difference = np.abs(rounded - exact).max()
+    assert 0 < difference < 0.005
+    # The original is left as it was: float32 throughout, the same output.
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    np.testing.assert_array_equal(exact, predict_probabilities(model, image, depth=2))
+    assert inference_model(model, "float32") is model
+
+
+def test_an_unknown_precision_is_one_sentence():
+    with pytest.raises(InputError, match="precision 'float16' is not one of float32, bfloat16"):
+        inference_model(build_unet(channels=2, depth=1), "float16")
+
+
+def test_bfloat16_units_are_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bfloat16_units(cpuinfo) is True
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert cpu_has_bfloat16_units(cpuinfo) is False
+    assert cpu_has_bfloat16_units(tmp_path / "absent") is None
 
 
 def test_build_unet_refuses_bad_arguments():
