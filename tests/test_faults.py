@@ -36,8 +36,11 @@ def test_sigterm_stops_the_workers_within_seconds_and_launch_resumes(tmp_path):
     study_file = write_tiny_study(tmp_path / "studies", trials=2, **INTERRUPTIBLE)
     interrupt_and_resume(str(tmp_path / "study.journal"), study_file, signal.SIGTERM, trials=2)  # what `kill`, systemd and `docker stop` send
 
-def test_a_trial_whose_model_cannot_be_written_fails_with_the_reason_and_the_search_goes_on(tmp_path):
-    """The trial model folder becomes unusable mid-search (a file where the folder was: a real OSError even for root)."""
+def test_a_trial_whose_model_cannot_be_written_keeps_its_iou_and_the_search_goes_on(tmp_path):
+    """The trial model folder becomes unusable mid-search (a file where the folder was: a real OSError even for root).
+
+    The trial's training is paid for: it completes with its IoU and says why it has no model.
+    """
     storage_url = str(tmp_path / "study.journal")
     study_file = write_tiny_study(tmp_path / "studies", trials=3)
     artifacts = study_file.parent / "artifacts"
@@ -46,23 +49,27 @@ def test_a_trial_whose_model_cannot_be_written_fails_with_the_reason_and_the_sea
     artifacts.rename(tmp_path / "artifacts-aside")
     artifacts.write_text("the disk is not what it was")
 
-    def failed_to_store():
-        """a trial that failed because its model could not be written"""
-        return [t for t in trials_in(storage_url, TrialState.FAIL) if "Not a directory" in t.user_attrs.get("fail_reason", "")]
+    def completed_without_model():
+        """a trial that completed though its model could not be written"""
+        return [t for t in trials_in(storage_url, TrialState.COMPLETE) if "Not a directory" in t.user_attrs.get("model_error", "")]
 
     try:
-        [failed] = wait_for(failed_to_store, timeout=120)
+        unstored = wait_for(completed_without_model, timeout=120)[0]
     finally:
         artifacts.unlink()
         (tmp_path / "artifacts-aside").rename(artifacts)
     code, output = finish(launch)
     assert code == 0, output
     study = load(storage_url)
-    assert str(artifacts) in failed.user_attrs["fail_reason"]  # the reason names the folder
+    assert str(artifacts) in unstored.user_attrs["model_error"]  # the reason names the folder
+    assert unstored.value is not None and "model_artifact" not in unstored.user_attrs
+    assert f"trial {unstored.number}'s model was not stored" in worker_logs(study_file)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    assert len(complete) == 3
-    assert any(t.number > failed.number for t in complete)  # the search went on after the failure
+    assert len(complete) == 3 and not study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert "model_artifact" in complete[0].user_attrs  # stored before the folder went
     assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    code, output = finish(hpsearch("status", "--study", "tiny", "--storage", storage_url, env={"COLUMNS": "400"}))
+    assert code == 0 and "model not stored: NotADirectoryError" in output
 
 
 @pytest.mark.postgres
