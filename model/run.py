@@ -110,16 +110,18 @@ def load_run(path: str | os.PathLike) -> Run:
 
     from model.dropout import BitsDropout
     from model.optimizer import FusedAdam
+    from model.regularizers import L2
     from model.unet import SliceConv3D
 
     try:
         info = json.loads((path / INFO_FILE).read_text(encoding="utf-8"))
         config = TrainConfig(**{**info["config"], "patch_shape": tuple(info["config"]["patch_shape"])})
-        # SliceConv3D, BitsDropout and FusedAdam are hpsearch's own classes, named so that safe mode
-        # loads them; safe mode still refuses any stored Python code (a Lambda layer).
+        # SliceConv3D, BitsDropout, FusedAdam and L2 are hpsearch's own classes, named so that safe
+        # mode loads them; safe mode still refuses any stored Python code (a Lambda layer). L2 goes
+        # by its registered name: "L2" alone is Keras's own, which earlier models hold.
         model = keras.models.load_model(
             path / MODEL_FILE, compile=False, safe_mode=True,
-            custom_objects={"SliceConv3D": SliceConv3D, "BitsDropout": BitsDropout, "FusedAdam": FusedAdam},
+            custom_objects={"SliceConv3D": SliceConv3D, "BitsDropout": BitsDropout, "FusedAdam": FusedAdam, "hpsearch>L2": L2},
         )
     except (ValueError, KeyError, TypeError, OSError) as error:
         if "safe_mode" in str(error):  # Keras refused a layer that would run stored Python code

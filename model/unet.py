@@ -18,6 +18,7 @@ from keras import layers, ops
 
 from model.config import BLOCKS
 from model.dropout import BitsDropout
+from model.regularizers import L2
 
 # The axis orders a network can hold volumes in: "zxy" (the default; see the module docstring) or
 # "xyz", the input's own order with plain Conv3D layers, kept to measure the other against.
@@ -84,7 +85,7 @@ def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: 
             kernel,
             padding="same",
             activation="relu",
-            kernel_regularizer=keras.regularizers.L2(l2) if l2 > 0 else None,
+            kernel_regularizer=L2(l2) if l2 > 0 else None,
             name=f"{name}_conv_{plane}",
         )(x)
         if dropout > 0:
@@ -114,7 +115,7 @@ def build_unet(
         channels: filters of the first block; each level down doubles them.
         depth: number of 2×2×2 max-pool steps (input sizes must be multiples of 2**depth).
         keep_prob: dropout keep probability after every convolution and before the output layer.
-        l2: L2 weight on every convolution kernel (Keras's L2: weight · Σ w²).
+        l2: L2 weight on every convolution kernel (weight · Σ w², as Keras's L2; model/regularizers.py).
         block: "factorized" (the paper's plane-wise block) or "full" (3×3×3 kernels).
         spatial_shape: fix the input size (X, Y, Z); None (default) accepts any size.
         layout: the axis order inside the network, "zxy" (default, faster) or "xyz" (plain Conv3D
@@ -135,7 +136,7 @@ def build_unet(
     if not 0.0 < keep_prob <= 1.0:
         raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}.")
     dropout = 1.0 - keep_prob
-    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
+    regularizer = L2(l2) if l2 > 0 else None
 
     inputs = keras.Input(shape=(*(spatial_shape or (None, None, None)), in_channels), name="image")
     x = layers.Permute(TO_ZXY, name="to_zxy")(inputs) if layout == "zxy" else inputs

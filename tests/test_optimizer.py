@@ -58,7 +58,24 @@ def test_each_variable_is_updated_by_one_fused_operation():
     for function in graph._functions.values():
         operations += [node.op for node in function.cached_definition.node_def]
     assert operations.count("ResourceApplyAdam") == len(variables)
+    assert operations.count("Pow") == 2  # β1^t and β2^t, built once for all the variables
     apply(gradients)
     # After one step Adam moves every weight by the learning rate times sign(g) (m / √v = 1 at t = 1).
     np.testing.assert_allclose(variables[0].numpy(), np.full((3, 3), 0.9), rtol=1e-5)
     np.testing.assert_allclose(variables[1].numpy(), np.full(4, -0.1), rtol=1e-5)
+
+
+def test_global_norm_clipping_is_kerass_bit_for_bit():
+    import tensorflow as tf
+    from keras.src.optimizers.base_optimizer import clip_by_global_norm
+
+    rng = np.random.default_rng(1)
+    gradients = [tf.constant(rng.normal(size=shape).astype(np.float32)) for shape in [(3, 3, 30, 30), (30,), (1, 1, 60, 2)]]
+    for clip in (0.5, 1e3):  # clipping, and a norm below the clip (scale 1)
+        ours = FusedAdam(learning_rate=0.1, global_clipnorm=clip)._clip_gradients(gradients)
+        theirs = clip_by_global_norm(gradients, clip)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A non-finite norm makes every gradient NaN, as Keras's does (the step then shows a NaN loss).
+    ours = FusedAdam(learning_rate=0.1, global_clipnorm=1.0)._clip_gradients([tf.constant([np.inf, 1.0])])
+    assert np.isnan(ours[0].numpy()).all()
