@@ -19,12 +19,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from model.config import PRECISIONS  # noqa: E402
 from model.data import load_dataset  # noqa: E402
 from model.inference import bfloat16_is_native, inference_model, predict_probabilities  # noqa: E402
 from model.metrics import iou_counts, mean_foreground_iou  # noqa: E402
 from model.run import load_run  # noqa: E402
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 def main() -> None:

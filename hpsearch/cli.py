@@ -167,8 +167,8 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="float32",
-        help="arithmetic of inference (default: float32); bfloat16 is about twice as fast on GPUs and on CPUs "
-        "with bfloat16 units (AVX-512 BF16, AMX), with bfloat16's rounding in the probabilities",
+        help="arithmetic of inference (default: float32); bfloat16 rounds the probabilities and can be about "
+        "twice as fast on a CPU with bfloat16 units (AVX-512 BF16, AMX): time it on yours",
     )
 
 

@@ -1,8 +1,9 @@
 """Whole-volume inference of any size: pad to a multiple of 2**depth, predict with dropout off, crop back.
 
-Inference runs in float32 unless asked for bfloat16 (`inference_model`): on CPUs with bfloat16
-units (AVX-512 BF16, AMX) and on GPUs that halves the time of a whole volume, at the cost of
-bfloat16's rounding in the probabilities (benchmarks/README.md, "Inference in bfloat16").
+Inference runs in float32 unless asked for bfloat16 (`inference_model`): on a CPU with bfloat16
+units (a Zen 4 EPYC, AVX-512 BF16) that halved the time of a whole volume, at the cost of
+bfloat16's rounding in the probabilities; on other machines it may not be faster
+(benchmarks/README.md, "Inference in bfloat16").
 """
 
 from __future__ import annotations

@@ -12,12 +12,14 @@ one operation:
     m ← m + (1 − β1)(g − m);   v ← v + (1 − β2)(g² − v);   w ← w − lr_t · m / (√v + ε)
 
 with t the step counted from 1, as Keras's Adam does; the two differ only in the order of
-floating-point operations. The scalars that every variable's update shares are built once per
-step, and global-norm clipping takes one L2Loss per gradient instead of a square and a sum: with
-model/regularizers.py's L2, a quick-start trial's training function holds 2,889 graph operations
-instead of 3,964, and its first step traces in a quarter less time, with the same results bit
-for bit (benchmarks/README.md, "A shorter trace"). On other backends (JAX), with amsgrad and for sparse gradients, Keras's
+floating-point operations. On other backends (JAX), with amsgrad and for sparse gradients, Keras's
 own update runs. Configuration, slots and saved state are those of keras.optimizers.Adam.
+
+It also builds the scalars that every variable's update shares once per step, and clips by global
+norm with one L2Loss per gradient instead of a square and a sum. With model/regularizers.py's L2,
+a quick-start trial's training function holds 2,889 graph operations instead of 3,964 and its
+first step takes a quarter less time, with the same results bit for bit (benchmarks/README.md,
+"A shorter trace").
 """
 
 from __future__ import annotations
