@@ -36,8 +36,7 @@ def main() -> None:
 
     run = load_run(args.model)
     dataset = load_dataset(args.data)
-    names = dataset.case_names if args.split == "all" else list(getattr(run.split(dataset.case_names), args.split))
-    cases = dataset.load_cases(names)
+    cases = dataset.load_cases(run.case_names(dataset.case_names, args.split))
     models = {precision: inference_model(run.model, precision) for precision in PRECISIONS}
     depth, num_classes = run.config.depth, len(run.class_names)
     print(f"{platform.machine()}, {os.cpu_count()} cores; bfloat16 units: {bfloat16_is_native()}; "

@@ -197,13 +197,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     if dataset.class_names != run.class_names:
         raise UsageError(f"the dataset's classes {list(dataset.class_names)} differ from the model's {list(run.class_names)}; evaluate on data with the same labels.")
-    if args.split == "all":
-        names = dataset.case_names
-    else:
-        split = run.split(dataset.case_names)
-        names = list(split.test if args.split == "test" else split.val)
-        if not names:
-            raise UsageError(f"the {args.split} split of {args.data} is empty; use --split all.")
+    names = run.case_names(dataset.case_names, args.split)
+    if not names:
+        raise UsageError(f"the {args.split} split of {args.data} is empty; use --split all.")
     cases = dataset.load_cases(names)
     note_slow_bfloat16(args.precision)
     model = inference_model(run.model, args.precision)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from model.data import Split, split_cases
+from model.data import split_cases
 from model.errors import InputError
 from model.params import Hyperparameters, dump_params, load_params
 from model.config import TrainConfig
@@ -41,15 +41,19 @@ class Run:
     channel_names: tuple[str, ...]
     info: dict
 
-    def split(self, names: list[str]) -> Split:
-        """The split of a dataset's case `names` that this model was trained with (its recorded seed and fractions)."""
+    def case_names(self, names: list[str], part: str) -> list[str]:
+        """The dataset's case `names` in one part ("test", "val", or "all") of the split this model
+        was trained with (its recorded seed and fractions)."""
+        if part == "all":
+            return list(names)
         recorded = self.info.get("split", {})
-        return split_cases(
+        split = split_cases(
             names,
             seed=recorded.get("seed", 0),
             val_fraction=recorded.get("val_fraction", 0.2),
             test_fraction=recorded.get("test_fraction", 0.2),
         )
+        return list(split.test if part == "test" else split.val)
 
 
 def check_new_folder(out: str | os.PathLike) -> Path:
