@@ -27,8 +27,10 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import multiprocessing
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -225,6 +227,27 @@ def mean_curve_reaches(runs: list[dict], target: float) -> int | None:
     return None
 
 
+def mean_curve_interval(runs: list[dict], paper: list[dict], resamples: int = 2000, level: float = 0.9) -> tuple[float, float] | None:
+    """Bootstrap interval of `mean_curve_reaches` as a share of the budget, resampling seeds with
+    replacement (a seed brings both its search and the paper scheme's, and the target is the
+    resample's mean paper best); inf where a resample's mean curve never reaches its target.
+    None with fewer than 3 seeds that both methods ran."""
+    paper_by_seed = {s["seed"]: s for s in paper}
+    paired = [(s, paper_by_seed[s["seed"]]) for s in runs if s["seed"] in paper_by_seed]
+    if len(paired) < 3:
+        return None
+    rng = random.Random(0)  # the same interval on every report
+    shares = []
+    for _ in range(resamples):
+        sample = [rng.choice(paired) for _ in paired]
+        target = statistics.fmean(p["validation_iou"] for _, p in sample)
+        crossing = mean_curve_reaches([s for s, _ in sample], target)
+        shares.append(math.inf if crossing is None else crossing / sample[0][0]["budget"])
+    shares.sort()
+    tail = (1 - level) / 2
+    return shares[int(tail * resamples)], shares[int((1 - tail) * resamples) - 1]
+
+
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{mean:.3f}"
@@ -246,6 +269,11 @@ def summarise(searches: list[dict], methods: list[str], retrains: dict[str, dict
         )
         crossing = mean_curve_reaches(runs, target) if target is not None else None
         crossing_text = "—" if target is None else ("never" if crossing is None else f"{crossing / budget:.2f}")
+        interval = mean_curve_interval(runs, paper) if paper and method != "paper" else None
+        if interval is not None:
+            # With a dozen seeds the crossing moves a lot with which seeds ran: say how much.
+            crossing_text += " (90 % bootstrap interval {} to {})".format(*(
+                "never" if math.isinf(share) else f"{share:.2f}" for share in interval))
         rows.append([
             method,
             spread([s["validation_iou"] for s in runs]),
