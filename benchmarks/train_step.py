@@ -1,6 +1,7 @@
 """Training-step efficiency of the paper's U-Net, the factorized block against the full 3×3×3 block, the
-network's internal axis order (zxy, the default, against plain Conv3D layers in xyz), its dropout
-(hpsearch's BitsDropout, the default, against Keras's Dropout), and whole-volume inference.
+network's internal axis order (zxy, the default, against plain Conv3D layers in xyz, and against zxy
+with only the xy planes as 2D convolutions, the network before), its dropout (hpsearch's BitsDropout,
+the default, against Keras's Dropout), and whole-volume inference.
 
 Efficiency = model FLOP/s of one training step (convolution FLOPs counted from the layer shapes;
 forward + backward ≈ 3 × forward) ÷ the FLOP/s of a large float32 matrix product in the same
@@ -37,7 +38,25 @@ from model.dropout import BitsDropout  # noqa: E402
 from model.inference import inference_model, predict_labels  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.train import compiled_unet  # noqa: E402
-from model.unet import build_unet  # noqa: E402
+from model.unet import SliceConv3D, build_unet  # noqa: E402
+
+# The "zxy-xy" layout: the (z, x, y) network as it was before its xz and yz planes ran as 2D
+# convolutions too; those stay Conv3D layers with flat kernels. The same network and weights.
+XY_PLANES_ONLY = "zxy-xy"
+
+
+def _xy_planes_only(filters, kernel_size, **kwargs):
+    """SliceConv3D for kernels flat in the first axis (z), a plain Conv3D for the others."""
+    conv = SliceConv3D if kernel_size[0] == 1 else keras.layers.Conv3D
+    return conv(filters, kernel_size, **kwargs)
+
+
+def build_variant(layout: str, build, *args, **kwargs):
+    """`build(*args, layout=..., **kwargs)`, where `layout` may also be XY_PLANES_ONLY."""
+    if layout != XY_PLANES_ONLY:
+        return build(*args, layout=layout, **kwargs)
+    with mock.patch("model.unet.SliceConv3D", _xy_planes_only):
+        return build(*args, layout="zxy", **kwargs)
 
 
 def conv_flops(model: keras.Model) -> float:
@@ -92,6 +111,7 @@ class MatmulReference:
 VARIANTS = (
     ("factorized", "zxy", "bits"),
     ("factorized", "xyz", "bits"),
+    ("factorized", XY_PLANES_ONLY, "bits"),
     ("factorized", "zxy", "keras"),
     ("factorized", "zxy", "none"),
     ("full", "zxy", "bits"),
@@ -122,7 +142,7 @@ def step_timings(
         layer = BitsDropout if dropout == "bits" else keras.layers.Dropout
         with mock.patch("model.unet.BitsDropout", layer):
             params = Hyperparameters(channels=channels, keep_prob=1.0 if dropout == "none" else 0.85)
-            models[key] = compiled_unet(params, config, in_channels=1, num_classes=2, spatial_shape=patch, layout=layout)
+            models[key] = build_variant(layout, compiled_unet, params, config, in_channels=1, num_classes=2, spatial_shape=patch)
         for _ in range(3):  # tracing and warm-up
             models[key].train_on_batch(x, y)
     times: dict = {key: [] for key in models}
@@ -146,7 +166,7 @@ def inference_seconds(
 ) -> tuple[dict[str, float], float]:
     """Median seconds of whole-volume inference per layout, and in bfloat16 (zxy; `hpsearch segment
     --precision bfloat16`), interleaved with the reference product; and its forward FLOPs."""
-    models = {layout: build_unet(channels=channels, layout=layout) for layout in ("zxy", "xyz")}
+    models = {layout: build_variant(layout, build_unet, channels=channels) for layout in ("zxy", "xyz", XY_PLANES_ONLY)}
     models["bfloat16"] = inference_model(models["zxy"], "bfloat16")
     flops = conv_flops(build_unet(channels=channels, spatial_shape=shape))
     image = np.random.default_rng(0).normal(size=(*shape, 1)).astype(np.float32)
@@ -193,8 +213,8 @@ def main() -> None:
         for (block, layout, dropout), timing in timings.items():
             rate = 3 * timing.flops / timing.seconds
             print(f"| {'x'.join(map(str, patch))} | {block} | {layout} | {dropout} | {timing.seconds:.3f} | {rate / 1e9:.1f} | {rate / peak:.2f} | {timing.faults:,.0f} |")
-        ours, plain, keras_dropout, no_dropout, full = (timings[key].seconds for key in VARIANTS)
-        print(f"|   | factorized/full step time: {ours / full:.2f}; zxy/xyz: {ours / plain:.2f}; "
+        ours, plain, xy_only, keras_dropout, no_dropout, full = (timings[key].seconds for key in VARIANTS)
+        print(f"|   | factorized/full step time: {ours / full:.2f}; zxy/xyz: {ours / plain:.2f}; zxy/{XY_PLANES_ONLY}: {ours / xy_only:.2f}; "
               f"BitsDropout/Keras Dropout: {ours / keras_dropout:.2f}; no dropout/BitsDropout: {no_dropout / ours:.2f} | | | | | | |", flush=True)
     if args.inference:
         shape = tuple(int(v) for v in args.inference.split("x"))
@@ -203,7 +223,7 @@ def main() -> None:
         # The forward pass alone: what the fastest possible inference would take at the matmul's rate.
         print(f"whole-volume inference of {args.inference}, {args.channels} channels ({flops / 1e9:.0f} GFLOP, "
               f"{flops / peak:.2f} s at the matmul's rate): {seconds['zxy']:.2f} s (zxy, efficiency "
-              f"{flops / seconds['zxy'] / peak:.2f}), {seconds['xyz']:.2f} s (xyz), "
+              f"{flops / seconds['zxy'] / peak:.2f}), {seconds['xyz']:.2f} s (xyz), {seconds[XY_PLANES_ONLY]:.2f} s ({XY_PLANES_ONLY}), "
               f"{seconds['bfloat16']:.2f} s (zxy in bfloat16, --precision bfloat16)")
 
 

@@ -4,11 +4,13 @@ Shape contract: input (B, X, Y, Z, C) with X, Y, Z any multiple of 2**depth (use
 `model.inference.predict_volume` for other sizes, which pads and crops); output the same
 spatial size with `num_classes` softmax channels, (B, X, Y, Z, num_classes).
 
-Inside the network volumes are held as (B, Z, X, Y, C). The factorized block's two xy-plane
-convolutions then run as 2D convolutions over the (B·Z) slices, a reshape that moves no memory.
-On a 2-core CPU that made a training step 19 % faster at 64×64×16 and 2–15 % at 128×128×16 than
-flat 3D kernels in (X, Y, Z) order (benchmarks/README.md). It changes only the order of the
-arithmetic: the network is the same (`layout="xyz"` builds it the plain way, for comparison).
+Inside the network volumes are held as (B, Z, X, Y, C), and every plane convolution of the
+factorized block runs as a 2D convolution over slices (`SliceConv3D`): the two xy-plane ones over
+the B·Z slices, a reshape that moves no memory; the xz and yz ones over the B·Y and B·X slices,
+after a transpose. TensorFlow's CPU kernels for 3D convolutions with flat kernels are slow, above
+all backwards (benchmarks/README.md, "Every plane as a 2D convolution"). It changes only the order
+of the arithmetic: the network is the same (`layout="xyz"` builds it with plain Conv3D layers, for
+comparison).
 """
 
 from __future__ import annotations
@@ -33,39 +35,56 @@ FACTORIZED_KERNELS = {"xy": (3, 3, 1), "xz": (3, 1, 3), "yz": (1, 3, 3), "xy2": 
 FULL_KERNELS = {"full1": (3, 3, 3), "full2": (3, 3, 3), "full3": (3, 3, 3), "full4": (3, 3, 3)}
 
 
+# A kernel flat in spatial axis f (0, 1 or 2) convolves the other two axes independently for each
+# index along f: that axis is moved next to the batch (a transpose, except for f = 0) and folded
+# into it. These are the permutations of a (B, D1, D2, D3, C) tensor that do it, and their inverses.
+TO_SLICES = {0: None, 1: (0, 2, 1, 3, 4), 2: (0, 3, 1, 2, 4)}
+FROM_SLICES = {0: None, 1: (0, 2, 1, 3, 4), 2: (0, 2, 3, 1, 4)}
+
+
 @keras.saving.register_keras_serializable(package="hpsearch")
 class SliceConv3D(layers.Conv3D):
-    """A Conv3D with kernel (1, kh, kw), run as a 2D convolution on each slice of the first spatial axis.
+    """A Conv3D whose kernel is 1 along one spatial axis, run as a 2D convolution on each slice across that axis.
 
-    Weights, configuration and output are those of the Conv3D it subclasses: input (B, D, H, W, C_in),
-    output (B, D, H, W, filters), kernel (1, kh, kw, C_in, filters). The input is reshaped to
-    (B·D, H, W, C_in), which CPUs convolve faster than a 3D convolution with a flat kernel.
+    Weights, configuration and output are those of the Conv3D it subclasses: input (B, D1, D2, D3, C_in),
+    output (B, D1, D2, D3, filters), kernel (k1, k2, k3, C_in, filters) with one of k1, k2, k3 equal to 1.
+    A kernel (1, k2, k3) reshapes the input to (B·D1, D2, D3, C_in) without moving memory; (k1, 1, k3)
+    and (k1, k2, 1) first transpose the flat axis next to the batch. CPUs convolve these 2D slices
+    faster than TensorFlow's 3D convolution with a flat kernel, above all in the backward pass
+    (benchmarks/README.md, "Every plane as a 2D convolution").
     """
 
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
         if (
-            self.kernel_size[0] != 1
+            1 not in self.kernel_size
             or self.strides != (1, 1, 1)
             or self.dilation_rate != (1, 1, 1)
             or self.groups != 1
             or self.data_format != "channels_last"
         ):
             raise ValueError(
-                f"SliceConv3D needs kernel (1, kh, kw), stride 1, no dilation or groups and channels_last; got "
+                f"SliceConv3D needs a kernel of size 1 along one axis, stride 1, no dilation or groups and channels_last; got "
                 f"kernel {self.kernel_size}, strides {self.strides}, dilation {self.dilation_rate}, groups {self.groups}, {self.data_format}."
             )
+        self.flat_axis = self.kernel_size.index(1)  # the first spatial axis the kernel does not span
 
     def call(self, inputs):
+        if TO_SLICES[self.flat_axis] is not None:
+            inputs = ops.transpose(inputs, TO_SLICES[self.flat_axis])
         shape = ops.shape(inputs)
         slices = ops.reshape(inputs, (-1, shape[2], shape[3], shape[4]))
-        outputs = ops.conv(slices, self.kernel[0], strides=1, padding=self.padding, data_format="channels_last")
+        kernel = ops.squeeze(self.kernel, axis=self.flat_axis)  # (ka, kb, C_in, filters) over the other two axes
+        outputs = ops.conv(slices, kernel, strides=1, padding=self.padding, data_format="channels_last")
         # Bias and activation on the 2D result, where TensorFlow can fuse them into the convolution.
         if self.use_bias:
             outputs = ops.add(outputs, self.bias)
         if self.activation is not None:
             outputs = self.activation(outputs)
-        return ops.reshape(outputs, (shape[0], shape[1], shape[2], shape[3], self.filters))
+        outputs = ops.reshape(outputs, (shape[0], shape[1], shape[2], shape[3], self.filters))
+        if FROM_SLICES[self.flat_axis] is not None:
+            outputs = ops.transpose(outputs, FROM_SLICES[self.flat_axis])
+        return outputs
 
 
 def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str, layout: str = "zxy"):
@@ -73,13 +92,13 @@ def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: 
 
     `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z); `"full"`
     uses four 3×3×3 kernels, to measure what the factorization saves. With `layout="zxy"` the
-    spatial axes of `x` are (z, x, y), kernel sizes are stored in that order, and kernels flat in z
+    spatial axes of `x` are (z, x, y), kernel sizes are stored in that order, and the plane kernels
     run as SliceConv3D; with "xyz" they are (x, y, z) and every layer is a plain Conv3D.
     """
     kernels = FACTORIZED_KERNELS if block == "factorized" else FULL_KERNELS
     for plane, (kx, ky, kz) in kernels.items():
         kernel = (kz, kx, ky) if layout == "zxy" else (kx, ky, kz)
-        conv = SliceConv3D if layout == "zxy" and kz == 1 else layers.Conv3D
+        conv = SliceConv3D if layout == "zxy" and 1 in kernel else layers.Conv3D
         x = conv(
             filters,
             kernel,

@@ -46,9 +46,33 @@ def test_the_zxy_network_equals_plain_conv3d_layers_in_xyz_order(block):
     )
 
 
-def test_slice_conv_refuses_a_kernel_that_is_not_flat_in_its_first_axis():
-    with pytest.raises(ValueError, match="kernel \\(1, kh, kw\\)"):
-        SliceConv3D(4, (3, 3, 1))
+def test_slice_conv_refuses_a_kernel_that_is_not_flat_in_any_axis():
+    with pytest.raises(ValueError, match="kernel of size 1 along one axis.*got kernel \\(3, 3, 3\\)"):
+        SliceConv3D(4, (3, 3, 3))
+
+
+@pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 1, 3), (3, 3, 1), (1, 1, 3)])
+def test_slice_conv_computes_what_conv3d_does_forward_and_backward(kernel):
+    """Each flat axis (the first one where two are flat) gives Conv3D's output and gradients, odd sizes included."""
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 5, 6, 7, 3)).astype(np.float32))
+    sliced = SliceConv3D(4, kernel, padding="same", activation="relu")
+    plain = keras.layers.Conv3D(4, kernel, padding="same", activation="relu")
+    sliced.build(x.shape)
+    plain.build(x.shape)
+    sliced.set_weights([w + 0.1 for w in plain.get_weights()])  # a non-zero bias too
+    plain.set_weights(sliced.get_weights())
+    results = []
+    for layer in (sliced, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    assert sliced.flat_axis == kernel.index(1)
+    for got, expected in zip(*results):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_factorized_block_uses_the_papers_plane_kernels():
