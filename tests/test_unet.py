@@ -35,7 +35,7 @@ def test_the_zxy_network_equals_plain_conv3d_layers_in_xyz_order(block):
     assert not any(isinstance(layer, SliceConv3D) for layer in reference.layers)
     # Every plane of the factorized block runs sliced (the speed-up); 3×3×3 kernels stay Conv3D.
     sliced = [isinstance(layer, SliceConv3D) for layer in model.layers if "_conv_" in layer.name]
-    assert len(sliced) == 20 and all(sliced) == (block == "factorized") and any(sliced) == (block == "factorized")
+    assert sliced == [block == "factorized"] * 20
     assert conv_kernels(model, "") == {layer.name: tuple(layer.kernel_size) for layer in reference.layers if "_conv_" in layer.name}
     for layer in model.layers:
         if layer.weights:
