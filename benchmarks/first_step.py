@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, keras_dropout: bool, keras_adam: bool, steps: int) -> str:
     """One variant, in this process: JSON of seconds for "build", "first step" and the mean later "step"."""
     sys.path.insert(0, str(ROOT))
+    import model  # noqa: F401  (before Keras: it chooses TensorFlow's CPU allocator and oneDNN)
     import keras
     import numpy as np
 
