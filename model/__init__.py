@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 # TensorFlow's CPU wheel runs its oneDNN convolutions only on CPUs with AVX-512 VNNI, BF16 or AMX;
 # elsewhere (AVX2 CPUs such as AMD's Zen 1-3) a convolution is Eigen's, thousands of small matrix
-# products per step. oneDNN's own AVX2 kernels made a paper-scale training step 1.55x faster and a
-# quick-start one 1.7x on such a CPU (benchmarks/README.md, "oneDNN on AVX2 CPUs"). TensorFlow reads
-# this once, as it loads; set TF_ENABLE_ONEDNN_OPTS=0 to go back.
+# products per step. oneDNN's own AVX2 kernels made a paper-scale training step 1.35-1.45x faster
+# and a quick-start one 1.75x on such a CPU (benchmarks/README.md, "oneDNN on AVX2 CPUs").
+# TensorFlow reads this once, as it loads; set TF_ENABLE_ONEDNN_OPTS=0 to go back.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
