@@ -120,21 +120,23 @@ def test_postgres_restarting_and_cutting_connections_mid_search_loses_no_trial(p
     """The server of the test's own stops for 3 s mid-trial, then later ends every session; the workers wait and go on."""
     storage_url = private_postgres.create_database()
     database = make_url(storage_url).database
-    study_file = write_tiny_study(tmp_path / "studies", trials=3, steps=40, eval_every=4)
+    # Trials long enough that the search is still running when the test looks after the restart
+    # (40-step trials could all end between two of its polls on a fast CPU).
+    study_file = write_tiny_study(tmp_path / "studies", trials=3, **INTERRUPTIBLE)
     env = {"HPSEARCH_HEARTBEAT_INTERVAL": "1", "HPSEARCH_HEARTBEAT_GRACE": "30"}
     launch = hpsearch("launch", "--workers", "2", "--study", str(study_file), "--storage", storage_url, env=env)
     try:
-        first = wait_for(lambda: running_with_a_step(storage_url), timeout=180)
+        wait_for(lambda: running_with_a_step(storage_url, by_step=EARLY_STEP), timeout=180)
+        last_steps = {t.number: max(t.intermediate_values, default=-1) for t in trials_in(storage_url)}
         private_postgres.stop()
         time.sleep(3)  # heartbeats and reports fail meanwhile
         private_postgres.start()
 
-        def another_step():
+        def a_step_after_the_restart():
             """a trial reporting a step after the restart"""
-            trial = running_with_a_step(storage_url)
-            return trial if trial and trial.number != first.number else None
+            return [t for t in trials_in(storage_url) if max(t.intermediate_values, default=-1) > last_steps.get(t.number, -1)]
 
-        wait_for(another_step, timeout=180)
+        wait_for(a_step_after_the_restart, timeout=180)
         assert private_postgres.terminate_connections(database) > 0
         code, output = finish(launch)
     finally:
