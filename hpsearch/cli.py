@@ -8,6 +8,7 @@ traceback is shown for either (set HPSEARCH_DEBUG=1 to see one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from model.errors import InputError, TrainingDiverged
-from model.tensorflow_import import import_tensorflow
+from model.tensorflow_import import filtered_stderr, import_tensorflow
 
 from hpsearch.errors import HpsearchError, UsageError
 
@@ -153,11 +154,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from model.segment import segment
 
     run = load_run(args.model)
-    note_slow_bfloat16(args.precision)
-    written = segment(
-        run, args.input, args.output, precision=args.precision,
-        progress=lambda i, n, name: print(f"[{i}/{n}] {name}"),
-    )
+    with slow_bfloat16_noted(args.precision):
+        written = segment(
+            run, args.input, args.output, precision=args.precision,
+            progress=lambda i, n, name: print(f"[{i}/{n}] {name}"),
+        )
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
 
@@ -172,16 +173,26 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def note_slow_bfloat16(precision: str) -> None:
-    """Say so on stderr when bfloat16 is asked for where it would be emulated (slower, not faster)."""
+# What TensorFlow logs (as an error) the first time oneDNN meets bfloat16 on a CPU without AVX-512.
+BFLOAT16_FALLBACK_NOTICE = b"oneDNN supports DT_BFLOAT16 only on platforms with AVX-512"
+
+
+@contextlib.contextmanager
+def slow_bfloat16_noted(precision: str):
+    """Say so on stderr when bfloat16 is asked for where it would be emulated (slower, not faster),
+    and, while inside, drop TensorFlow's own line saying the same in its words."""
     from model.inference import BFLOAT16_CPU_FLAGS, bfloat16_is_native
 
-    if precision == "bfloat16" and bfloat16_is_native() is False:
-        print(
-            f"hpsearch: note: this machine has no GPU and its CPU lacks bfloat16 units ({', '.join(BFLOAT16_CPU_FLAGS)}), "
-            "so --precision bfloat16 will likely be slower than float32 here.",
-            file=sys.stderr,
-        )
+    if precision != "bfloat16" or bfloat16_is_native() is not False:
+        yield
+        return
+    print(
+        f"hpsearch: note: this machine has no GPU and its CPU lacks bfloat16 units ({', '.join(BFLOAT16_CPU_FLAGS)}), "
+        "so --precision bfloat16 will likely be slower than float32 here.",
+        file=sys.stderr,
+    )
+    with filtered_stderr((BFLOAT16_FALLBACK_NOTICE,)):
+        yield
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -201,9 +212,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not names:
         raise UsageError(f"the {args.split} split of {args.data} is empty; use --split all.")
     cases = dataset.load_cases(names)
-    note_slow_bfloat16(args.precision)
-    model = inference_model(run.model, args.precision)
-    result = evaluate(model, cases, depth=run.config.depth, num_classes=len(run.class_names))
+    with slow_bfloat16_noted(args.precision):
+        model = inference_model(run.model, args.precision)
+        result = evaluate(model, cases, depth=run.config.depth, num_classes=len(run.class_names))
     print_table(
         f"IoU per case ({args.split} split)",
         ["case", "mean foreground IoU"],
