@@ -42,13 +42,7 @@ def measure(patches: list[str], inference: str, steps: int) -> dict:
     from model.params import Hyperparameters
     from model.train import compiled_unet
     from model.unet import build_unet
-    from train_step import MatmulReference, conv_flops
-
-    def batch(patch):
-        rng = np.random.default_rng(0)
-        images = rng.normal(size=(2, *patch, 1)).astype(np.float32)
-        labels = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(2, *patch))]
-        return images, labels
+    from train_step import MatmulReference, conv_flops, random_batch
 
     reference = MatmulReference()
     result: dict = {}
@@ -56,7 +50,7 @@ def measure(patches: list[str], inference: str, steps: int) -> dict:
     started = time.perf_counter()
     network = compiled_unet(Hyperparameters(channels=8), TrainConfig(patch_shape=patch), in_channels=1, num_classes=2)
     result["quick-start build"] = time.perf_counter() - started
-    images, labels = batch(patch)
+    images, labels = random_batch(patch, 2)
     started = time.perf_counter()
     network.train_on_batch(images, labels)
     result["quick-start first step"] = time.perf_counter() - started
@@ -69,7 +63,7 @@ def measure(patches: list[str], inference: str, steps: int) -> dict:
         patch = tuple(int(v) for v in name.split("x"))
         config = TrainConfig(patch_shape=patch, batch_size=2)
         network = compiled_unet(Hyperparameters(channels=30), config, in_channels=1, num_classes=2, spatial_shape=patch)
-        images, labels = batch(patch)
+        images, labels = random_batch(patch, 2)
         for _ in range(2):  # tracing and warm-up
             network.train_on_batch(images, labels)
         times = []

@@ -73,6 +73,14 @@ def conv_flops(model: keras.Model) -> float:
     return float(total)
 
 
+def random_batch(patch: tuple[int, int, int], batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed batch for timing: images (B, X, Y, Z, 1) float32 of N(0, 1), one-hot labels (B, X, Y, Z, 2)."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
+    labels = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]
+    return images, labels
+
+
 class MatmulReference:
     """A size×size matrix product in dtype, the machine's practical peak FLOP/s for that dtype.
 
@@ -131,9 +139,7 @@ def step_timings(
     """Every network of VARIANTS trained on the same batch, their steps interleaved with each other and
     with the reference product (`reference` gains one timing per round) so that all of them see the
     same machine."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch, *patch, 1)).astype(np.float32)
-    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=(batch, *patch))]
+    x, y = random_batch(patch, batch)
     models = {}
     for key in VARIANTS:
         block, layout, dropout = key
