@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from model.errors import InputError, TrainingDiverged
-from model.tensorflow_import import filtered_stderr, import_tensorflow
+from model.tensorflow_import import BFLOAT16_FALLBACK_NOTICE, filtered_stderr, import_tensorflow
 
 from hpsearch.errors import HpsearchError, UsageError
 
@@ -171,10 +171,6 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
         help="arithmetic of inference (default: float32); bfloat16 rounds the probabilities and can be about "
         "twice as fast on a CPU with bfloat16 units (AVX-512 BF16, AMX): time it on yours",
     )
-
-
-# What TensorFlow logs (as an error) the first time oneDNN meets bfloat16 on a CPU without AVX-512.
-BFLOAT16_FALLBACK_NOTICE = b"oneDNN supports DT_BFLOAT16 only on platforms with AVX-512"
 
 
 @contextlib.contextmanager

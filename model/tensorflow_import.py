@@ -20,6 +20,10 @@ NOTICES = (
     b"oneDNN custom operations are on.",
 )
 
+# What TensorFlow logs, at error level, the first time oneDNN meets bfloat16 on a CPU without
+# AVX-512 (the CLI says so in one line of its own and drops this one while inference runs).
+BFLOAT16_FALLBACK_NOTICE = b"oneDNN supports DT_BFLOAT16 only on platforms with AVX-512"
+
 
 def import_tensorflow():
     """Import TensorFlow (once per process) with its start-up notices filtered out; return the module.
