@@ -30,21 +30,22 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import model  # noqa: E402, F401  (before TensorFlow: the allocator and oneDNN settings hpsearch uses)
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from model.config import TrainConfig  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.train import compiled_unet  # noqa: E402
-from model.unet import TO_SLICES, SliceConv3D, build_unet  # noqa: E402
+from model.unet import TO_SLICES, SliceConv3D  # noqa: E402
 from train_step import MatmulReference, conv_flops, random_batch  # noqa: E402
 
 PASSES = ("forward", "input gradient", "kernel gradient")
 
 
-def plane_convolutions(channels: int, patch: tuple[int, int, int], batch: int) -> collections.Counter:
+def plane_convolutions(network: keras.Model, batch: int) -> collections.Counter:
     """(slices, height, width, kernel height, kernel width, channels in, filters) -> how many of the
-    network's SliceConv3D layers run that 2D convolution, for one batch of `patch` blocks."""
-    network = build_unet(channels=channels, spatial_shape=patch)
+    SliceConv3D layers of `network` (built with a fixed spatial shape) run that 2D convolution, for
+    a batch of `batch` blocks."""
     shapes = collections.Counter()
     for layer in network.layers:
         if not isinstance(layer, SliceConv3D):
@@ -55,6 +56,12 @@ def plane_convolutions(channels: int, patch: tuple[int, int, int], batch: int) -
         kernel = [k for axis, k in enumerate(layer.kernel_size) if axis != layer.flat_axis]
         shapes[(batch * sliced[0], sliced[1], sliced[2], *kernel, channels_in, layer.filters)] += 1
     return shapes
+
+
+def forward_flops(shape: tuple[int, ...]) -> float:
+    """FLOPs (2 × multiply-adds) of one pass of the 2D convolution of `shape` (plane_convolutions' key)."""
+    slices, height, width, kh, kw, channels_in, filters = shape
+    return 2.0 * slices * height * width * kh * kw * channels_in * filters
 
 
 def pass_functions(shape: tuple[int, ...]) -> dict[str, Callable[[], tf.Tensor]]:
@@ -81,15 +88,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timings of each pass (the median is kept)")
     args = parser.parse_args()
     patch = tuple(int(v) for v in args.patch.split("x"))
-    shapes = plane_convolutions(args.channels, patch, args.batch)
+    # The product's training step (Table 1's keep probability and L2, as benchmarks/train_step.py).
+    config = TrainConfig(patch_shape=patch, batch_size=args.batch)
+    network = compiled_unet(Hyperparameters(channels=args.channels), config, in_channels=1, num_classes=2, spatial_shape=patch)
+    shapes = plane_convolutions(network, args.batch)
     reference = MatmulReference()
     functions = {shape: pass_functions(shape) for shape in shapes}
     for passes in functions.values():
         for function in passes.values():
             function()  # trace, and let oneDNN create its kernels
-    # The product's training step (Table 1's keep probability and L2, as benchmarks/train_step.py).
-    config = TrainConfig(patch_shape=patch, batch_size=args.batch)
-    network = compiled_unet(Hyperparameters(channels=args.channels), config, in_channels=1, num_classes=2, spatial_shape=patch)
     images, labels = random_batch(patch, args.batch)
     for _ in range(3):
         network.train_on_batch(images, labels)
@@ -112,9 +119,9 @@ def main() -> int:
     print("| --- | --- | " + " | ".join("---" for _ in PASSES) + " |")
     totals = {name: 0.0 for name in PASSES}
     total_flops = 0.0
-    for shape, count in sorted(shapes.items(), key=lambda item: -item[0][0] * item[0][1] * item[0][2] * item[0][5] * item[0][6]):
+    for shape, count in sorted(shapes.items(), key=lambda item: -forward_flops(item[0])):
         slices, height, width, kh, kw, channels_in, filters = shape
-        flops = 2.0 * slices * height * width * kh * kw * channels_in * filters
+        flops = forward_flops(shape)
         total_flops += count * flops
         cells = []
         for name in PASSES:
