@@ -92,7 +92,8 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     from optuna.trial import TrialState
 
     from hpsearch.config import PRUNERS, load_study
-    from hpsearch.objective import MODEL_ARTIFACT_ATTR, Objective
+    from hpsearch.objective import Objective
+    from hpsearch.vocabulary import MODEL_ARTIFACT_ATTR
     from hpsearch.worker import load_data
     from model.run import load_run
 

@@ -22,6 +22,8 @@ from optuna.samplers import RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from hpsearch.vocabulary import PARENT_ATTR
+
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,7 +34,6 @@ if TYPE_CHECKING:
 
 
 # User attribute naming what a trial was drawn around: a trial number (int) or "start".
-_PARENT_ATTR = "parent_trial"
 # Study system attribute holding the number of the trial that was given the start point.
 _START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
 # Contexts of trials that never reach after_trial (ask without tell) must not pile up.
@@ -262,7 +263,7 @@ class NeighborhoodSampler(BaseSampler):
             parent = None
 
         if parent is not None:
-            study._storage.set_trial_user_attr(trial._trial_id, _PARENT_ATTR, parent)
+            study._storage.set_trial_user_attr(trial._trial_id, PARENT_ATTR, parent)
         with self._lock:
             while len(self._contexts) >= _MAX_CACHED_CONTEXTS:
                 self._contexts.pop(next(iter(self._contexts)))

@@ -296,7 +296,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from hpsearch.launcher import Launcher, prepare_study
     from hpsearch.live import LiveView
     from hpsearch.storage import describe, mask_password
-    from hpsearch.worker import counts, ensure_dataset
+    from hpsearch.vocabulary import counts
+    from hpsearch.worker import ensure_dataset
 
     from hpsearch.progress import bar
 
@@ -362,6 +363,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def print_best(study, *, interrupted: bool = False) -> None:
     from optuna.trial import TrialState
 
+    from hpsearch.vocabulary import best_trial
+
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     failed = sum(t.state == TrialState.FAIL for t in trials)
@@ -371,7 +374,7 @@ def print_best(study, *, interrupted: bool = False) -> None:
     if not complete:
         print("no complete trial yet.")
         return
-    best = max(complete, key=lambda t: t.value)
+    best = best_trial(complete, study.direction)
     params = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
     stopped = f", {pruned} pruned" if pruned else ""  # only studies with a pruner have any
     print(f"{len(complete)} complete{stopped}, {failed} failed; best validation IoU {best.value:.4f} in trial {best.number} ({params})")
@@ -383,7 +386,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import optuna
 
     from hpsearch.storage import mask_password
-    from hpsearch.worker import TARGET_ATTR, run_worker
+    from hpsearch.vocabulary import TARGET_ATTR
+    from hpsearch.worker import run_worker
 
     if args.study is None:
         raise UsageError("hpsearch worker needs --study NAME (or a study FILE) to join.")
@@ -416,9 +420,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpsearch.objective import MODEL_ERROR_ATTR, WORKER_ATTR
     from hpsearch.progress import print_table
-    from hpsearch.storage import FAIL_REASON_ATTR, describe
+    from hpsearch.storage import describe
+    from hpsearch.vocabulary import FAIL_REASON_ATTR, MODEL_ERROR_ATTR, PARENT_ATTR, WORKER_ATTR
 
     study, _, url = open_finished_study(args)  # refuses a missing journal rather than creating it
     name = study.study_name
@@ -428,7 +432,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         note = trial.user_attrs.get(FAIL_REASON_ATTR, "")
         if MODEL_ERROR_ATTR in trial.user_attrs and not note:
             note = f"model not stored: {trial.user_attrs[MODEL_ERROR_ATTR]}"
-        parent = trial.user_attrs.get("parent_trial")
+        parent = trial.user_attrs.get(PARENT_ATTR)
         if parent is not None and not note:
             note = f"from {parent}"
         rows.append([

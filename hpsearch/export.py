@@ -29,9 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 from model.params import TABLE1_NAMES, Hyperparameters, format_number
 from hpsearch.config import StudyConfig
 from hpsearch.errors import UsageError
-from hpsearch.objective import PER_CLASS_ATTR
 from hpsearch.storage import describe, is_rdb_url, journal_path
-from hpsearch.worker import CONFIG_ATTR, stored_config
+from hpsearch.vocabulary import CONFIG_ATTR, PER_CLASS_ATTR, study_best_trial
+from hpsearch.worker import stored_config
 
 IOU_DIGITS = 6  # validation IoU as `hpsearch train` records it in params.yaml
 
@@ -98,18 +98,9 @@ def study_definition(study: optuna.Study, file_config: StudyConfig | None) -> St
     return file_config
 
 
-def best_complete_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The COMPLETE trial with the best value (the lowest number among equals), or None."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not complete:
-        return None
-    sign = -1.0 if study.direction == StudyDirection.MINIMIZE else 1.0
-    return max(complete, key=lambda t: (sign * t.value, -t.number))
-
-
 def exported_trial(study: optuna.Study, config: StudyConfig | None, *, source: str | None = None) -> ExportedTrial:
     """The study's best COMPLETE trial as Table 1; UsageError when it has none."""
-    best = best_complete_trial(study)
+    best = study_best_trial(study)
     if best is None:
         states = {}
         for trial in study.get_trials(deepcopy=False):

@@ -25,9 +25,8 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.errors import HpsearchError, UsageError
-from hpsearch.objective import WORKER_PID_ATTR
-from hpsearch.storage import DEFAULT_ENV, FAIL_REASON_ATTR, RETRY_OF_ATTR, mark_running_trials_failed, retry_trial
-from hpsearch.worker import CONFIG_ATTR, TARGET_ATTR, counts
+from hpsearch.storage import DEFAULT_ENV, mark_running_trials_failed, retry_trial
+from hpsearch.vocabulary import CONFIG_ATTR, FAIL_REASON_ATTR, RETRY_OF_ATTR, TARGET_ATTR, WORKER_PID_ATTR, counts
 
 MAX_RESTARTS = 3  # per worker slot
 STOP_GRACE_SECONDS = 8.0  # SIGTERM, then SIGKILL after this long

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hpsearch.progress import stderr
+from hpsearch.vocabulary import best_trial
 
 STUDY_REFRESH_SECONDS = 2.0
 
@@ -46,7 +47,7 @@ class LiveView:
         study = optuna.load_study(study_name=self.study_name, storage=self.storage)
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
+        best = best_trial(complete, study.direction)
         self._summary = {"complete": len(complete), "failed": len(trials) - len(complete), "best": best}
 
     def __call__(self, launcher) -> None:

@@ -30,19 +30,18 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
-from hpsearch.storage import FAIL_REASON_ATTR
-
-# User attribute names (the dashboard shows them; `status`, `export` and `report` read them).
-WORKER_ATTR = "worker"
-WORKER_PID_ATTR = "worker_pid"
-PER_CLASS_ATTR = "per_class_iou"
-BEST_ATTR = "best_validation_iou"
-BEST_STEP_ATTR = "best_step"
-TRAIN_SECONDS_ATTR = "train_seconds"
-MODEL_ARTIFACT_ATTR = "model_artifact"
-MODEL_ERROR_ATTR = "model_error"  # why a complete trial has no stored model
-TRAIN_SEED_ATTR = "train_seed"  # seeds the trial's initialisation, training blocks and dropout masks
-
+from hpsearch.vocabulary import (
+    BEST_ATTR,
+    BEST_STEP_ATTR,
+    FAIL_REASON_ATTR,
+    MODEL_ARTIFACT_ATTR,
+    MODEL_ERROR_ATTR,
+    PER_CLASS_ATTR,
+    TRAIN_SECONDS_ATTR,
+    TRAIN_SEED_ATTR,
+    WORKER_ATTR,
+    WORKER_PID_ATTR,
+)
 
 class SurplusTrial(Exception):
     """Raised when the study already has enough COMPLETE or RUNNING trials for its target."""

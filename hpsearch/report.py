@@ -26,9 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 from model.params import format_number
 from hpsearch.config import StudyConfig
 from hpsearch.export import ExportedTrial, exported_trial
+from hpsearch.vocabulary import PARENT_ATTR
 
 TARGET_NAME = "validation IoU"
-PARENT_ATTR = "parent_trial"  # written by NeighborhoodSampler
 
 # (key, title): the figures in page order; the key is the section id, the figure's div id is "figure-KEY".
 FIGURES = (

@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 
 from hpsearch.errors import UsageError
+from hpsearch.vocabulary import FAIL_REASON_ATTR, PARENT_ATTR, RETRY_OF_ATTR, WORKER_ATTR
 
 DEFAULT_ENV = "HPSEARCH_STORAGE"
 """The environment variable that names the storage when `--storage` is absent."""
@@ -57,10 +58,6 @@ FROM_ENVIRONMENT = "environment"
 RECONNECT_SECONDS = 120.0
 """How long a call on a database storage waits for a dropped connection to come back (a restart, a fail-over)."""
 
-FAIL_REASON_ATTR = "fail_reason"
-RETRY_OF_ATTR = "retry_of"
-PARENT_ATTR = "parent_trial"  # the search's lineage (NeighborhoodSampler); a retry keeps it
-WORKER_ATTR = "worker"  # who ran a trial (set by the objective)
 
 _FIX = f"fix --storage or ${DEFAULT_ENV}"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")

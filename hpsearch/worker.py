@@ -28,9 +28,8 @@ from hpsearch.config import StudyConfig
 from hpsearch.errors import UsageError
 from hpsearch.objective import Objective, worker_name
 from hpsearch.storage import fail_stale_trials
+from hpsearch.vocabulary import CONFIG_ATTR, FAIL_REASON_ATTR, counts
 
-CONFIG_ATTR = "hpsearch_config"
-TARGET_ATTR = "target_trials"
 # A worker whose trials keep failing stops rather than burn through the study.
 MAX_CONSECUTIVE_FAILURES = 5
 WAIT_SECONDS = 2.0
@@ -64,13 +63,6 @@ def stored_config(study: optuna.Study, *, check_data: bool = True) -> StudyConfi
             "or pass --study FILE."
         )
     return StudyConfig.from_dict(stored, check_data=check_data)
-
-
-def counts(study: optuna.Study) -> tuple[int, int]:
-    """(COMPLETE, RUNNING) trial counts."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    return complete, len(trials) - complete
 
 
 class _QuietSurplus(logging.Filter):
@@ -152,7 +144,7 @@ def run_worker(
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal failures
-        surplus = "SurplusTrial" in str(trial.user_attrs.get("fail_reason", ""))
+        surplus = "SurplusTrial" in str(trial.user_attrs.get(FAIL_REASON_ATTR, ""))
         failures = failures + 1 if trial.state == TrialState.FAIL and not surplus else 0
         status.update(force=True, state="finished trial", last_trial=trial.number, last_state=trial.state.name, iou=trial.value)
 

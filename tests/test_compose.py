@@ -134,7 +134,7 @@ def test_the_study_service_creates_the_study_the_workers_join(compose, postgres_
 
     from optuna.trial import TrialState
 
-    from hpsearch.worker import CONFIG_ATTR, TARGET_ATTR
+    from hpsearch.vocabulary import CONFIG_ATTR, TARGET_ATTR
     from searchutil import load, write_tiny_study
 
     write_tiny_study(tmp_path / "studies", name="paper").rename(tmp_path / "studies" / "paper.yaml")
