@@ -35,7 +35,7 @@ import tensorflow as tf  # noqa: E402
 
 from model.config import TrainConfig  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
-from model.train import compiled_unet  # noqa: E402
+from model.training import compiled_unet  # noqa: E402
 from model.unet import TO_SLICES, SliceConv3D  # noqa: E402
 from train_step import MatmulReference, conv_flops, random_batch  # noqa: E402
 

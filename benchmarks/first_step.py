@@ -1,8 +1,8 @@
 """What a trial pays before its training steps: model build and the first (tracing) training step.
 
-Builds and compiles the U-Net as model/train.py does, then times the first train_on_batch
+Builds and compiles the U-Net as model/training.py does, then times the first train_on_batch
 (which traces the training function) and the mean of the next steps, with and without creating
-Adam's slots before the first step (`model.optimizer.build`, which model/train.py now does:
+Adam's slots before the first step (`model.optimizer.build`, which model/training.py now does:
 without it Keras traces the training function a second time), and with Keras's Dropout in place
 of hpsearch's BitsDropout (more operations to trace, fewer to run), and with Keras's Adam in place
 of hpsearch's FusedAdam (a dozen operations per variable to trace, not one). Each variant runs in
@@ -36,7 +36,7 @@ def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, k
 
     from model.losses import get_loss
     from model.params import Hyperparameters
-    from model.train import make_optimizer
+    from model.training import make_optimizer
     from model.unet import build_unet
 
     params = Hyperparameters(channels=channels, learning_rate=1e-3)
@@ -47,7 +47,7 @@ def measure(channels: int, patch: tuple[int, int, int], build_optimizer: bool, k
     started = time.perf_counter()
     with mock.patch("model.unet.BitsDropout", keras.layers.Dropout) if keras_dropout else contextlib.nullcontext():
         model = build_unet(in_channels=1, num_classes=2, channels=channels, depth=3, keep_prob=0.85, l2=3e-4, block="factorized")
-    with mock.patch("model.train.FusedAdam", keras.optimizers.Adam) if keras_adam else contextlib.nullcontext():
+    with mock.patch("model.training.FusedAdam", keras.optimizers.Adam) if keras_adam else contextlib.nullcontext():
         optimizer = make_optimizer(params, "global")
     model.compile(optimizer=optimizer, loss=get_loss("joint"), jit_compile="auto")
     if build_optimizer:

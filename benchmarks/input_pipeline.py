@@ -3,7 +3,7 @@
 Writes synthetic cases as NIfTI files, reads them back through nibabel as `hpsearch train` does
 (`model.data.load_dataset` + `load_train_data`), and times the training loop's two parts side by
 side in one process: `PatchSampler.next_batch()` + `train_on_batch` (what every step of
-model/train.py does) against `train_on_batch` on one batch sampled beforehand. The two are
+model/training.py does) against `train_on_batch` on one batch sampled beforehand. The two are
 interleaved in rounds so that a noisy machine slows both alike.
 
     python benchmarks/input_pipeline.py [--channels 30] [--patch 64x64x16] [--steps 40] [--cases 20]
@@ -26,7 +26,7 @@ from model.data import load_dataset, load_train_data, split_cases  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.patches import PatchSampler  # noqa: E402
 from model.synth import write_dataset  # noqa: E402
-from model.train import compiled_unet  # noqa: E402
+from model.training import compiled_unet  # noqa: E402
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from model.config import TrainConfig  # noqa: E402
 from model.data import load_dataset, load_train_data, split_cases  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.synth import write_dataset  # noqa: E402
-from model.train import train  # noqa: E402
+from model.training import train  # noqa: E402
 
 
 def main() -> None:

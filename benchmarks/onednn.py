@@ -40,7 +40,7 @@ def measure(patches: list[str], inference: str, steps: int) -> dict:
     from model.config import TrainConfig
     from model.inference import predict_labels
     from model.params import Hyperparameters
-    from model.train import compiled_unet
+    from model.training import compiled_unet
     from model.unet import build_unet
     from train_step import MatmulReference, conv_flops, random_batch
 

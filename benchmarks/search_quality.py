@@ -153,7 +153,7 @@ def retrain(study_file: str, params: dict, seed: int) -> dict:
     as `hpsearch train` and the search's stored models keep)."""
     from hpsearch.config import load_study
     from hpsearch.worker import load_data
-    from model.train import train
+    from model.training import train
 
     config = load_study(study_file)
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def retrain(study_file: str, params: dict, seed: int) -> dict:
 def evaluate_on_test(model, config) -> tuple[float, int]:
     """IoU of `model` on the study's test cases (never used for selection), and how many there are."""
     from model.data import load_dataset, split_cases
-    from model.train import evaluate
+    from model.training import evaluate
 
     dataset = load_dataset(config.data_path)
     names = list(split_cases(dataset.case_names, **config.split).test)

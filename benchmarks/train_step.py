@@ -37,7 +37,7 @@ from model.config import TrainConfig  # noqa: E402
 from model.dropout import BitsDropout  # noqa: E402
 from model.inference import inference_model, predict_labels  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
-from model.train import compiled_unet  # noqa: E402
+from model.training import compiled_unet  # noqa: E402
 from model.unet import SliceConv3D, build_unet  # noqa: E402
 
 # The "zxy-xy" layout: the (z, x, y) network as it was before its xz and yz planes ran as 2D

@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from model.errors import InputError, TrainingDiverged
-from model.tensorflow_import import BFLOAT16_FALLBACK_NOTICE, filtered_stderr, import_tensorflow
+from model import BFLOAT16_FALLBACK_NOTICE, InputError, TrainingDiverged, filtered_stderr, import_tensorflow
 
 from hpsearch.errors import HpsearchError, UsageError
 
@@ -61,7 +60,7 @@ def fraction(text: str) -> float:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from model.synth import write_dataset
+    from model import write_dataset
 
     from hpsearch.progress import bar
 
@@ -97,15 +96,11 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.params import Hyperparameters, load_params
-    from model.run import check_new_folder
+    from model import Hyperparameters, TrainConfig, check_new_folder, load_dataset, load_params, load_train_data, split_cases
 
     params = load_params(args.params) if args.params else Hyperparameters()
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     check_new_folder(out)  # before the hours of training, not after
-    from model.data import load_dataset, load_train_data, split_cases
-    from model.config import TrainConfig
-
     config = TrainConfig(
         steps=args.steps,
         eval_every=min(args.eval_every, args.steps),
@@ -124,8 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_train_data(dataset, split)
 
     import_tensorflow()
-    from model.run import save_run
-    from model.train import train
+    from model import save_run, train
 
     from hpsearch.progress import training_bar
 
@@ -150,8 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     import_tensorflow()
-    from model.run import load_run
-    from model.segment import segment
+    from model import load_run, segment
 
     run = load_run(args.model)
     with slow_bfloat16_noted(args.precision):
@@ -164,7 +157,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def add_precision_option(parser: argparse.ArgumentParser) -> None:
-    from model.config import PRECISIONS
+    from model import PRECISIONS
 
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="float32",
@@ -177,7 +170,7 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
 def slow_bfloat16_noted(precision: str):
     """Say so on stderr when bfloat16 is asked for where it would be emulated (slower, not faster),
     and, while inside, drop TensorFlow's own line saying the same in its words."""
-    from model.inference import BFLOAT16_CPU_FLAGS, bfloat16_is_native
+    from model import BFLOAT16_CPU_FLAGS, bfloat16_is_native
 
     if precision != "bfloat16" or bfloat16_is_native() is not False:
         yield
@@ -192,11 +185,10 @@ def slow_bfloat16_noted(precision: str):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model.data import load_dataset
+    from model import load_dataset
+
     import_tensorflow()
-    from model.inference import inference_model
-    from model.run import load_run
-    from model.train import evaluate
+    from model import evaluate, inference_model, load_run
 
     from hpsearch.progress import print_table
 

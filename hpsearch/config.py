@@ -25,9 +25,7 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from model.config import TrainConfig
-from model.errors import InputError
-from model.params import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, refused_yaml_tag
+from model import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, InputError, TrainConfig, refused_yaml_tag
 from hpsearch._sampler import NeighborhoodSampler
 from hpsearch.errors import UsageError
 

@@ -66,7 +66,7 @@ def configure_tensorflow(threads: int | None) -> None:
     if threads:
         # OpenMP/oneDNN read these at load; TensorFlow's own pools are set below.
         os.environ["OMP_NUM_THREADS"] = str(threads)
-    from model.tensorflow_import import import_tensorflow
+    from model import import_tensorflow
 
     tf = import_tensorflow()  # None where Keras runs on another backend
     if tf is None:

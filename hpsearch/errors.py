@@ -1,6 +1,6 @@
 """The one exception family the CLI turns into a sentence on stderr and an exit code."""
 
-from model.errors import InputError
+from model import InputError
 
 
 class HpsearchError(Exception):

@@ -26,7 +26,7 @@ import yaml
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from model.params import TABLE1_NAMES, Hyperparameters, format_number
+from model import TABLE1_NAMES, Hyperparameters, format_number
 from hpsearch.config import StudyConfig
 from hpsearch.errors import UsageError
 from hpsearch.storage import describe, is_rdb_url, journal_path

@@ -120,7 +120,8 @@ class Objective:
             raise SurplusTrial(f"the study already has {len(ahead)} complete or running trials for its target of {self.target}")
 
     def _run(self, trial: optuna.Trial, *, called: float, ask_seconds: float) -> float:
-        from model.train import TrainTimes, train  # TensorFlow loads here, in the worker, not in the launcher
+        from model import train  # TensorFlow loads here, in the worker, not in the launcher
+        from model.training import TrainTimes
 
         params = self.config.hyperparameters(suggest(trial, self.config))
         config = self.config.train_config(trial.number)
@@ -182,7 +183,7 @@ class Objective:
 
     def _store_model(self, trial: optuna.Trial, result, params, config) -> None:
         """Save the trial's model (best validation weights) as an artifact `hpsearch train` could have written."""
-        from model.run import save_run
+        from model import save_run
 
         with tempfile.TemporaryDirectory(prefix="hpsearch-trial-") as folder:
             run = save_run(

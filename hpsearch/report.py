@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from model.params import format_number
+from model import format_number
 from hpsearch.config import StudyConfig
 from hpsearch.export import ExportedTrial, exported_trial
 from hpsearch.vocabulary import PARENT_ATTR

@@ -115,7 +115,9 @@ def run_worker(
 
     configure_tensorflow(threads)
     tensorflow_imported = time.time()
-    import model.train  # noqa: F401  Keras and the training core: loaded here, so the first trial starts at once
+    import model
+
+    model.train  # Keras and the training core: loaded here, so the first trial starts at once
 
     keras_imported = time.time()
     data = load_data(config)
@@ -175,7 +177,7 @@ def run_worker(
 
 def load_data(config: StudyConfig):
     """The study's training and validation cases (writing the synthetic dataset first if the study asks for it)."""
-    from model.data import load_dataset, load_train_data, split_cases
+    from model import load_dataset, load_train_data, split_cases
 
     ensure_dataset(config)
     dataset = load_dataset(config.data_path)
@@ -187,8 +189,7 @@ def ensure_dataset(config: StudyConfig, progress=None) -> bool:
     """Write the study's synthetic dataset if its folder does not exist yet; True if it wrote one."""
     if config.data_path.exists() or config.synth is None:
         return False
-    from model.errors import InputError
-    from model.synth import write_dataset
+    from model import InputError, write_dataset
 
     try:
         write_dataset(config.data_path, **config.synth, progress=progress)

@@ -23,7 +23,7 @@ from model.config import TrainConfig
 if TYPE_CHECKING:
     import keras
 
-    from model.train import TrainResult
+    from model.training import TrainResult
 
 MODEL_FILE = "model.keras"
 PARAMS_FILE = "params.yaml"

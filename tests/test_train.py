@@ -11,7 +11,7 @@ from model.config import TrainConfig
 from model.data import load_dataset, load_train_data, split_cases
 from model.errors import InputError, TrainingDiverged
 from model.params import Hyperparameters
-from model.train import train
+from model.training import train
 
 TINY = Hyperparameters(channels=4, learning_rate=3e-3, l2=1e-5)
 
@@ -47,7 +47,7 @@ def test_training_lowers_the_loss_and_beats_chance(tiny_data):
 def test_best_weights_are_restored(tiny_data):
     config = TrainConfig(steps=30, eval_every=10, patch_shape=(16, 16, 8), depth=2, seed=1)
     result = train(TINY, tiny_data, config)
-    from model.train import evaluate
+    from model.training import evaluate
 
     again = evaluate(result.model, tiny_data.val, depth=2, num_classes=2)
     assert again.iou == pytest.approx(result.best.iou, abs=1e-9)
@@ -108,13 +108,13 @@ def test_a_model_folder_written_by_the_earlier_network_loads_and_predicts_the_sa
 
     from model.inference import predict_probabilities
     from model.run import load_run, save_run
-    from model.train import compiled_unet
+    from model.training import compiled_unet
 
     config = TrainConfig(steps=4, eval_every=2, patch_shape=(16, 16, 8), depth=2, seed=2)
     with (
-        mock.patch("model.train.compiled_unet", functools.partial(compiled_unet, layout="xyz")),
+        mock.patch("model.training.compiled_unet", functools.partial(compiled_unet, layout="xyz")),
         mock.patch("model.unet.BitsDropout", keras.layers.Dropout),
-        mock.patch("model.train.FusedAdam", keras.optimizers.Adam),
+        mock.patch("model.training.FusedAdam", keras.optimizers.Adam),
     ):
         result = train(TINY, tiny_data, config)
     kinds = {type(layer).__name__ for layer in result.model.layers}
