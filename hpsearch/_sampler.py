@@ -40,6 +40,8 @@ _START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
 _MAX_CACHED_CONTEXTS = 1024
 # Studies whose best trial the sampler follows (one, unless a sampler serves several studies).
 _MAX_FOLLOWED_STUDIES = 16
+# What a draw that found no valid value returns: None is a valid categorical choice.
+_NO_VALUE = object()
 
 
 class _Context(NamedTuple):
@@ -70,10 +72,21 @@ class NeighborhoodSampler(BaseSampler):
 
     Rules:
 
-    * Numeric parameters are drawn from ``[best / factor, best * factor]`` intersected with the
-      distribution's ``[low, high]``, log-uniformly (``scale="log"``) or uniformly, then put on
-      the distribution's step grid. Categorical parameters, parameters the best trial lacks,
-      best values ``<= 0`` and an empty intersection fall back to plain random sampling.
+    * Numeric parameters whose range is positive (``low > 0``; every ``log`` range) are drawn
+      from ``[best / factor, best * factor]`` intersected with ``[low, high]``, log-uniformly
+      (``scale="log"``) or uniformly, then put on the distribution's step grid.
+    * Numeric parameters whose range holds zero or negative values (``low <= 0``), where a
+      multiplicative neighbourhood cannot change sign or leave zero, are drawn uniformly from
+      ``best ± (high - low) * log10(factor) / 4`` intersected with ``[low, high]``, on the step
+      grid. With ``factor=10`` that is a quarter of the range either side: the share of a
+      four-decade log range (the paper's learning rate) that ``[best / 10, best * 10]`` covers;
+      a larger factor widens both kinds alike.
+    * Categorical parameters keep the best trial's choice with probability ``keep_categorical``
+      and otherwise take one of the other choices, uniformly.
+    * A parameter with a single value gets that value. Parameters the best trial lacks, a best
+      value that is not a valid centre (a positive range with a best ``<= 0``, a choice that is
+      no longer offered) and an empty intersection fall back to plain random sampling, so every
+      parameter gets a valid value, in ``sample_relative`` as in ``sample_independent``.
     * The first trial given ``start`` evaluates it exactly: while no trial is complete, the first
       trial to ask for a parameter claims the start point (recorded in a study system attribute)
       and gets every ``start`` value that is valid for its distribution as is; later trials
@@ -111,10 +124,17 @@ class NeighborhoodSampler(BaseSampler):
             random sampling until a trial completes.
         factor:
             Width of the neighbourhood, greater than 1: values are drawn in
-            ``[best / factor, best * factor]``. The paper uses 10.
+            ``[best / factor, best * factor]`` (ranges with ``low <= 0``: see the rules). The
+            paper uses 10.
         scale:
-            ``"log"`` (default) draws log-uniformly in the neighbourhood, so a value is as likely
-            to shrink as to grow; ``"uniform"`` draws uniformly.
+            ``"log"`` (default) draws log-uniformly in a multiplicative neighbourhood, so a value
+            is as likely to shrink as to grow; ``"uniform"`` draws uniformly. Additive
+            neighbourhoods (ranges with ``low <= 0``) are always drawn uniformly.
+        keep_categorical:
+            Probability in ``[0, 1]`` that a categorical parameter keeps the best trial's
+            choice. The default 0.75 makes a yes/no choice follow the best three times in four
+            (0.5 would make it a coin toss, i.e. random search on that dimension) while each
+            other choice is still tried.
         seed:
             A non-negative integer for reproducible draws. ``None`` draws a fresh seed, so that
             workers differ. Optuna reseeds samplers when ``n_jobs > 1``, like its own samplers.
@@ -126,6 +146,7 @@ class NeighborhoodSampler(BaseSampler):
         start: Mapping[str, Any] | None = None,
         factor: float = 10.0,
         scale: str = "log",
+        keep_categorical: float = 0.75,
         seed: int | None = None,
     ) -> None:
         self._start = _check_start(start)
@@ -133,6 +154,7 @@ class NeighborhoodSampler(BaseSampler):
         if scale not in ("log", "uniform"):
             raise ValueError(f"scale must be 'log' or 'uniform', got {scale!r}.")
         self._log_scale = scale == "log"
+        self._keep_categorical = _check_keep_categorical(keep_categorical)
         self._seed = _fresh_seed() if seed is None else _check_seed(seed)
         # Per-trial look-ups, so a trial reads the best trial once. n_jobs > 1 runs trials in
         # threads that share this sampler, hence the lock.
@@ -161,14 +183,16 @@ class NeighborhoodSampler(BaseSampler):
         context = self._context(study, trial)
         if context.distributions is None:
             return {}
-        # Only what gets a neighbourhood draw: the rest goes to sample_independent, which sees
-        # the trial's own distribution (bounds may have changed since the best trial).
+        # Only numeric parameters that get a neighbourhood draw. Categorical ones go to
+        # sample_independent: Optuna refuses a relative value whose choices differ from the
+        # trial's own, and there the trial's own distribution is seen (bounds may have changed
+        # since the best trial). Both paths draw the same value.
         return {
             name: dist
             for name, dist in context.distributions.items()
             if isinstance(dist, (FloatDistribution, IntDistribution))
             and not dist.single()
-            and _usable_center(context.center.get(name))
+            and _valid_center(dist, context.center.get(name))
         }
 
     def sample_relative(
@@ -177,16 +201,10 @@ class NeighborhoodSampler(BaseSampler):
         if not search_space:
             return {}
         context = self._context(study, trial)
-        params = {}
-        for name, dist in search_space.items():
-            value = _neighbor_value(
-                self._rng(trial, name), dist, context.center[name], self._factor, self._log_scale
-            )
-            # The best value lies inside the best trial's own bounds, so this is never empty;
-            # checked anyway so a surprise falls to sample_independent rather than crashing.
-            if value is not None:
-                params[name] = value
-        return params
+        return {
+            name: self._sample(study, trial, context, name, dist)
+            for name, dist in search_space.items()
+        }
 
     def sample_independent(
         self,
@@ -196,28 +214,39 @@ class NeighborhoodSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         context = self._context(study, trial)
-        dist = param_distribution
+        return self._sample(study, trial, context, param_name, param_distribution)
 
-        if context.exact_start and param_name in context.center:
-            value = _exact_value(dist, context.center[param_name])
-            if value is not None:
+    def _sample(
+        self, study: Study, trial: FrozenTrial, context: _Context, name: str, dist: BaseDistribution
+    ) -> Any:
+        """One parameter's value: the start as is, a neighbourhood draw, or a random one."""
+        if context.exact_start and name in context.center:
+            value = _exact_value(dist, context.center[name])
+            if value is not _NO_VALUE:
                 return value
 
-        center = context.center.get(param_name)
-        if (
-            isinstance(dist, (FloatDistribution, IntDistribution))
-            and _usable_center(center)
-            and _compatible(context.distributions, param_name, dist)
-        ):
-            value = _neighbor_value(
-                self._rng(trial, param_name), dist, center, self._factor, self._log_scale
-            )
-            if value is not None:
-                return value
+        if dist.single():
+            return _plain(dist, dist.to_external_repr(_single_internal(dist)))
 
-        # Categorical, no centre, centre <= 0, or the neighbourhood misses [low, high].
-        seed = int(self._rng(trial, param_name, fallback=True).integers(2**32))
-        value = RandomSampler(seed=seed).sample_independent(study, trial, param_name, dist)
+        if name in context.center:
+            center = context.center[name]
+            if isinstance(dist, CategoricalDistribution):
+                # Judged by the choice itself: the best's choices may differ from this trial's.
+                choice = _categorical_value(
+                    self._rng(trial, name), dist, center, self._keep_categorical
+                )
+                if choice is not _NO_VALUE:
+                    return choice
+            elif _valid_center(dist, center) and _compatible(context.distributions, name, dist):
+                number = _neighbor_value(
+                    self._rng(trial, name), dist, center, self._factor, self._log_scale
+                )
+                if number is not None:
+                    return number
+
+        # No centre, a centre that fits no neighbourhood, or a neighbourhood that misses [low, high].
+        seed = int(self._rng(trial, name, fallback=True).integers(2**32))
+        value = RandomSampler(seed=seed).sample_independent(study, trial, name, dist)
         return _plain(dist, value)
 
     def after_trial(
@@ -366,12 +395,33 @@ def _neighbor_value(
     factor: float,
     log_scale: bool,
 ) -> int | float | None:
-    """Draw in ``[center / factor, center * factor] ∩ [low, high]`` on the step grid.
+    """Draw in the neighbourhood of ``center`` intersected with ``[low, high]``, on the step grid.
 
-    Returns None when that set holds no valid value. ``center`` must be > 0.
+    Multiplicative, ``[center / factor, center * factor]``, when ``low > 0`` (then ``center``
+    must be > 0); additive, ``center ± (high - low) * log10(factor) / 4`` drawn uniformly, when
+    ``low <= 0``. Returns None when that set holds no valid value.
     """
-    lo = max(dist.low, center / factor)
-    hi = min(dist.high, center * factor)
+    if dist.low > 0:
+        return _grid_value(rng, dist, center / factor, center * factor, log_scale)
+    half_width = (dist.high - dist.low) * math.log10(factor) / 4
+    if not math.isfinite(half_width):  # a range too wide for floats: random sampling instead
+        return None
+    return _grid_value(rng, dist, center - half_width, center + half_width, False)
+
+
+def _grid_value(
+    rng: np.random.Generator,
+    dist: FloatDistribution | IntDistribution,
+    lo: float,
+    hi: float,
+    log_scale: bool,
+) -> int | float | None:
+    """Draw in ``[lo, hi] ∩ [low, high]`` on the step grid; None when that holds no valid value.
+
+    ``log_scale`` needs ``lo > 0``.
+    """
+    lo = max(dist.low, lo)
+    hi = min(dist.high, hi)
     step = dist.step  # None for a continuous float; 1 for a log int
 
     if step is None:
@@ -400,6 +450,21 @@ def _neighbor_value(
     return float(min(max(dist.low + k * step, dist.low), dist.high))
 
 
+def _categorical_value(
+    rng: np.random.Generator, dist: CategoricalDistribution, center: Any, keep: float
+) -> Any:
+    """``center`` with probability ``keep``, else another choice, uniformly; ``_NO_VALUE`` if
+    ``center`` is not a choice of ``dist``."""
+    try:
+        index = int(dist.to_internal_repr(center))
+    except ValueError:
+        return _NO_VALUE
+    if rng.random() < keep:
+        return dist.choices[index]
+    other = int(rng.integers(len(dist.choices) - 1))  # dist has two choices or more
+    return dist.choices[other + (other >= index)]
+
+
 def _draw(rng: np.random.Generator, lo: float, hi: float, log_scale: bool) -> float:
     if lo == hi:
         return lo
@@ -409,20 +474,20 @@ def _draw(rng: np.random.Generator, lo: float, hi: float, log_scale: bool) -> fl
 
 
 def _exact_value(dist: BaseDistribution, value: Any) -> Any:
-    """``value`` as a valid value of ``dist``, or None when it is not one."""
+    """``value`` as a valid value of ``dist``, or ``_NO_VALUE`` when it is not one."""
     if isinstance(dist, CategoricalDistribution):
         try:
             return dist.choices[int(dist.to_internal_repr(value))]
         except ValueError:
-            return None
+            return _NO_VALUE
     if not _is_number(value):
-        return None
+        return _NO_VALUE
     try:
         internal = dist.to_internal_repr(value)
     except ValueError:
-        return None
+        return _NO_VALUE
     if not dist._contains(internal):
-        return None
+        return _NO_VALUE
     return _plain(dist, value)
 
 
@@ -453,8 +518,26 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _usable_center(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value) and value > 0
+def _valid_center(dist: FloatDistribution | IntDistribution, value: Any) -> bool:
+    """Whether ``value`` can centre a neighbourhood in ``dist``: a finite number, > 0 where the
+    neighbourhood is multiplicative (``low > 0``)."""
+    return _is_number(value) and math.isfinite(value) and (dist.low <= 0 or value > 0)
+
+
+def _single_internal(dist: BaseDistribution) -> float:
+    # The one value of a distribution with single() true, in internal form.
+    if isinstance(dist, CategoricalDistribution):
+        return 0
+    return dist.low
+
+
+def _check_keep_categorical(keep: Any) -> float:
+    if not _is_number(keep) or not 0 <= keep <= 1:
+        raise ValueError(
+            f"keep_categorical must be a probability between 0 and 1, got {keep!r}; pass e.g. "
+            "keep_categorical=0.75 (the best trial's choice is kept three times in four)."
+        )
+    return float(keep)
 
 
 def _fresh_seed() -> int:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 import pickle
 
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.distributions import check_distribution_compatibility
 from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.storages import JournalStorage
@@ -84,6 +88,11 @@ def _in_distribution(dist, value) -> bool:
         ({"factor": True}, "got True"),
         ({"factor": "10"}, "got '10'"),
         ({"scale": "linear"}, "scale must be 'log' or 'uniform', got 'linear'"),
+        ({"keep_categorical": -0.1}, "keep_categorical must be a probability between 0 and 1, got -0.1"),
+        ({"keep_categorical": 1.5}, "keep_categorical .* got 1.5"),
+        ({"keep_categorical": float("nan")}, "keep_categorical .* got nan"),
+        ({"keep_categorical": True}, "keep_categorical .* got True"),
+        ({"keep_categorical": "0.5"}, "keep_categorical .* got '0.5'"),
         ({"start": [("lr", 1.0)]}, "start must be a dict"),
         ({"start": {1: 2.0}}, "start keys must be parameter names"),
         ({"start": {"lr": float("nan")}}, r"start\['lr'\] must be a finite number"),
@@ -103,6 +112,8 @@ def test_constructor_is_keyword_only_and_accepts_good_arguments():
         NeighborhoodSampler(START)  # type: ignore[misc]
     NeighborhoodSampler(start={"a": 1, "b": 2.5, "c": "x", "d": True, "e": None, "f": np.int64(3)})
     NeighborhoodSampler(factor=np.float64(3.0), scale="uniform", seed=np.int64(5))
+    NeighborhoodSampler(keep_categorical=0)
+    NeighborhoodSampler(keep_categorical=np.float64(1.0))
 
 
 # ---------------------------------------------------------------- start point
@@ -191,9 +202,9 @@ def test_log_draws_are_centred_on_the_best_in_log_space():
 
 
 def test_int_draws_cover_the_grid_ends():
-    dist = IntDistribution(0, 1000, step=5)
+    dist = IntDistribution(5, 1000, step=5)  # low > 0: the multiplicative neighbourhood
     values = {_neighbor_value(np.random.default_rng(i), dist, 35, 10.0, True) for i in range(500)}
-    # [3.5, 350] on the grid 0, 5, 10, ...: 5 and 350 are the end points.
+    # [3.5, 350] on the grid 5, 10, 15, ...: 5 and 350 are the end points.
     assert min(values) == 5 and max(values) == 350
     assert all(v % 5 == 0 and type(v) is int for v in values)
 
@@ -326,14 +337,6 @@ def test_a_better_trial_finished_by_another_worker_becomes_the_centre():
 @pytest.mark.parametrize(
     "best_params, best_space, dist, check_spread",
     [
-        # best <= 0: no multiplicative neighbourhood
-        ({"x": 0.0}, {"x": FloatDistribution(-1.0, 1.0)}, FloatDistribution(-1.0, 1.0),
-         lambda xs: min(xs) < 0 < max(xs)),
-        ({"x": -3}, {"x": IntDistribution(-10, 10)}, IntDistribution(-10, 10),
-         lambda xs: min(xs) < -5 and max(xs) > 5),
-        # categorical
-        ({"x": "a"}, {"x": CategoricalDistribution(["a", "b", "c"])},
-         CategoricalDistribution(["a", "b", "c"]), lambda xs: set(xs) == {"a", "b", "c"}),
         # the best trial lacks the parameter
         ({"y": 1.0}, {"y": FloatDistribution(0.1, 10.0)}, FloatDistribution(2.0, 300.0),
          lambda xs: max(xs) > 100),
@@ -342,6 +345,9 @@ def test_a_better_trial_finished_by_another_worker_becomes_the_centre():
          FloatDistribution(1.0, 5.0, log=True), lambda xs: min(xs) < 1.5 and max(xs) > 4),
         ({"x": 2}, {"x": IntDistribution(1, 10, step=1)}, IntDistribution(50, 100, step=5),
          lambda xs: min(xs) < 60 and max(xs) > 90),
+        # additive neighbourhood [45, 55] misses the new bounds [-10, 10]
+        ({"x": 50.0}, {"x": FloatDistribution(-100.0, 100.0)}, FloatDistribution(-10.0, 10.0),
+         lambda xs: min(xs) < -5 and max(xs) > 5),
     ],
 )
 def test_fallbacks_draw_valid_random_values(best_params, best_space, dist, check_spread):
@@ -459,3 +465,286 @@ def test_hyperband_bracket_study_still_finds_the_best():
     study.optimize(objective, n_trials=10)
     parents = [t.user_attrs["parent_trial"] for t in study.trials]
     assert parents[0] == "start" and all(isinstance(p, int) for p in parents[1:])
+
+
+# ---------------------------------------------------------------- categorical, zero and negative ranges
+
+
+def _both_paths(sampler, study, space):
+    """One trial's values for ``space`` from sample_relative and from sample_independent."""
+    trial = study.ask()
+    frozen = study._storage.get_trial(trial._trial_id)
+    relative = sampler.sample_relative(study, frozen, space)
+    independent = {n: sampler.sample_independent(study, frozen, n, d) for n, d in space.items()}
+    study.tell(trial, state=TrialState.FAIL)  # the best never moves
+    return relative, independent
+
+
+def _same(a, b) -> bool:
+    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    return type(a) is type(b) and (a == b or both_nan)
+
+
+def test_sample_relative_gives_categorical_and_negative_range_parameters_a_value():
+    # Reported: AttributeError on the categorical; no value at all for the [-10, 10] float.
+    space = {
+        "loss": CategoricalDistribution(["joint", "per_class", "dice_ce"]),
+        "offset": FloatDistribution(-10.0, 10.0, step=0.5),
+    }
+    sampler = NeighborhoodSampler(seed=0)
+    study = _study_with_best(sampler, {"loss": "per_class", "offset": -2.0}, space)
+    relative, independent = _both_paths(sampler, study, space)
+    assert relative.keys() == space.keys()
+    assert all(_same(relative[n], independent[n]) for n in space)
+    assert all(_in_distribution(space[n], relative[n]) for n in space)
+
+
+@pytest.mark.parametrize(
+    "dist, best, factor, lo, hi",
+    [
+        # best ± (high - low) * log10(factor) / 4, clipped to [low, high], on the step grid
+        (FloatDistribution(-10.0, 10.0, step=0.5), -2.0, 10.0, -7.0, 3.0),
+        (FloatDistribution(-1.0, 1.0), 0.0, 10.0, -0.5, 0.5),
+        (IntDistribution(-10, 10), -3, 10.0, -8, 2),
+        (IntDistribution(-10, 10), -2, 100.0, -10, 8),  # ± 10: clipped at low
+        (IntDistribution(-10, 10), -2, 2.0, -3, -1),  # ± 1.5
+        (IntDistribution(-100, -10, step=5), -50, 10.0, -70, -30),  # ± 22.5
+        (FloatDistribution(0.0, 0.5, step=0.1), 0.0, 10.0, 0.0, 0.1),  # ± 0.125
+        (FloatDistribution(0.0, 0.5, step=0.1), 0.2, 10.0, 0.1, 0.3),
+    ],
+)
+def test_ranges_with_zero_or_negative_values_draw_in_an_additive_neighbourhood(
+    dist, best, factor, lo, hi
+):
+    sampler = NeighborhoodSampler(factor=factor, seed=12)
+    study = _study_with_best(sampler, {"x": best}, {"x": dist})
+    xs = []
+    for _ in range(150):
+        relative, independent = _both_paths(sampler, study, {"x": dist})
+        assert _same(relative["x"], independent["x"])
+        xs.append(relative["x"])
+    expected = int if isinstance(dist, IntDistribution) else float
+    assert all(_in_distribution(dist, x) and type(x) is expected for x in xs)
+    if dist.step is None:
+        assert all(lo <= x <= hi for x in xs)
+        assert min(xs) < lo + 0.1 * (hi - lo) and max(xs) > hi - 0.1 * (hi - lo)
+    else:  # every grid point of the neighbourhood is reached, the ends included
+        assert min(xs) == pytest.approx(lo) and max(xs) == pytest.approx(hi)
+    # The draws are relative ones in a study, not a fallback to independent sampling.
+    trial = study.ask()
+    trial._suggest("x", dist)
+    assert "x" in trial.relative_params
+
+
+@pytest.mark.parametrize("keep, kept_low, kept_high", [(None, 0.65, 0.85), (0.0, 0, 0), (1.0, 1, 1)])
+def test_categorical_keeps_the_best_choice_with_the_stated_probability(keep, kept_low, kept_high):
+    dist = CategoricalDistribution(["adam", "sgd", "rmsprop", None, 3])
+    kwargs = {} if keep is None else {"keep_categorical": keep}  # None: the default, 0.75
+    sampler = NeighborhoodSampler(seed=13, **kwargs)
+    study = _study_with_best(sampler, {"opt": "sgd"}, {"opt": dist})
+    drawn = []
+    for _ in range(300):
+        relative, independent = _both_paths(sampler, study, {"opt": dist})
+        assert _same(relative["opt"], independent["opt"])
+        drawn.append(relative["opt"])
+    assert kept_low <= drawn.count("sgd") / len(drawn) <= kept_high
+    others = [x for x in drawn if x != "sgd"]
+    if others:  # the other choices share the rest evenly
+        for choice in ("adam", "rmsprop", None, 3):
+            assert 0.1 <= others.count(choice) / len(others) <= 0.4, choice
+
+
+def test_categorical_choice_no_longer_offered_falls_back_to_random():
+    sampler = NeighborhoodSampler(seed=14)
+    study = _study_with_best(
+        sampler, {"x": "d"}, {"x": CategoricalDistribution(["a", "b", "c", "d"])}
+    )
+    trial = study.ask()
+    frozen = study._storage.get_trial(trial._trial_id)
+    fewer = CategoricalDistribution(["a", "b", "c"])
+    xs = [sampler.sample_independent(study, frozen, f"x{i}", fewer) for i in range(60)]
+    assert set(xs) == {"a", "b", "c"}
+    xs = [sampler.sample_relative(study, frozen, {"x": fewer})["x"] for _ in range(3)]
+    assert xs[0] in {"a", "b", "c"} and len(set(xs)) == 1  # keyed on the trial: repeatable
+
+
+def test_none_is_a_choice_like_any_other():
+    dist = CategoricalDistribution([None, "a", "b"])
+    sampler = NeighborhoodSampler(start={"x": None}, seed=17)
+    study = optuna.create_study(sampler=sampler)
+    relative, independent = _both_paths(sampler, study, {"x": dist})
+    assert relative["x"] is None and independent["x"] is None  # the start, as is
+    drawn = [_both_paths(sampler, study, {"x": dist})[0]["x"] for _ in range(200)]
+    assert 0.65 <= drawn.count(None) / len(drawn) <= 0.85  # kept three times in four
+
+
+@pytest.mark.parametrize(
+    "dist, value",
+    [
+        (CategoricalDistribution(["only"]), "only"),
+        (IntDistribution(3, 3), 3),
+        (FloatDistribution(2.5, 2.5), 2.5),
+        (FloatDistribution(-1.0, -1.0, step=0.5), -1.0),
+        (IntDistribution(-4, -4, step=2), -4),
+    ],
+)
+def test_single_value_distributions_get_their_value(dist, value):
+    sampler = NeighborhoodSampler(seed=15)
+    study = _study_with_best(sampler, {"x": value}, {"x": dist})
+    relative, independent = _both_paths(sampler, study, {"x": dist})
+    assert _same(relative["x"], value) and _same(independent["x"], value)
+
+
+def test_study_with_categorical_and_negative_range_parameters():
+    def objective(trial):
+        loss = trial.suggest_categorical("loss", ["joint", "per_class", "dice_ce"])
+        block = trial.suggest_categorical("block", ["plain", "residual"])
+        augment = trial.suggest_categorical("augment", [True, False])
+        offset = trial.suggest_float("offset", -10.0, 10.0, step=0.5)
+        shift = trial.suggest_int("shift", -5, 5)
+        lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+        # A wrong choice costs 3, more than the numeric misses around a good trial.
+        wrong_choices = (loss != "dice_ce") + (block != "residual") + (augment is not True)
+        return (
+            3 * wrong_choices
+            + (offset + 3.5) ** 2 / 10 + abs(shift + 2) + math.log10(lr / 1e-3) ** 2
+        )
+
+    start = {"loss": "joint", "block": "plain", "augment": False, "offset": 4.0, "shift": 3,
+             "lr": 1e-2}
+    study = optuna.create_study(sampler=NeighborhoodSampler(start=start, seed=3))
+    study.optimize(objective, n_trials=80)
+
+    trials = study.trials
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[0].params == start
+    kept = 0
+    for t in trials:
+        for name, value in t.params.items():
+            assert _in_distribution(t.distributions[name], value), (t.number, name, value)
+    for t in trials[1:]:
+        centre = trials[t.user_attrs["parent_trial"]].params
+        # Additive neighbourhoods: ± 20 / 4 and ± 10 / 4 with the default factor 10.
+        assert abs(t.params["offset"] - centre["offset"]) <= 5.0
+        assert abs(t.params["shift"] - centre["shift"]) <= 2.5
+        kept += sum(t.params[n] == centre[n] for n in ("loss", "block", "augment"))
+    assert 0.6 <= kept / (3 * (len(trials) - 1)) <= 0.9
+    # It walks from the start's choices and signs to the optimum's.
+    best = study.best_params
+    assert (best["loss"], best["block"], best["augment"]) == ("dice_ce", "residual", True)
+    assert best["offset"] < 0 and best["shift"] < 0
+
+
+# ---------------------------------------------------------------- every distribution
+
+_STEPS = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+_CHOICES = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(-2.0, 2.0), st.just(float("nan")),
+    st.text(max_size=2),
+)
+
+
+@st.composite
+def _distributions(draw):
+    kind = draw(st.sampled_from(
+        ["float", "float_log", "float_step", "int", "int_log", "int_step", "categorical"]
+    ))
+    if kind == "float":
+        low = draw(st.floats(-1e6, 1e6))
+        return FloatDistribution(low, low + draw(st.floats(0.0, 1e6)))
+    if kind == "float_log":
+        low = draw(st.floats(1e-8, 1e6))
+        return FloatDistribution(low, low * draw(st.floats(1.0, 1e6)), log=True)
+    if kind == "float_step":
+        step = draw(st.sampled_from(_STEPS))
+        low = draw(st.floats(-1e3, 1e3))
+        return FloatDistribution(low, low + draw(st.integers(0, 400)) * step, step=step)
+    if kind == "int":
+        low = draw(st.integers(-10**6, 10**6))
+        return IntDistribution(low, low + draw(st.integers(0, 10**6)))
+    if kind == "int_log":
+        low = draw(st.integers(1, 10**6))
+        return IntDistribution(low, low + draw(st.integers(0, 10**6)), log=True)
+    if kind == "int_step":
+        step = draw(st.integers(1, 50))
+        low = draw(st.integers(-1000, 1000))
+        return IntDistribution(low, low + step * draw(st.integers(0, 200)), step=step)
+    return CategoricalDistribution(draw(st.lists(_CHOICES, min_size=1, max_size=5)))
+
+
+@st.composite
+def _value_in(draw, dist):
+    if isinstance(dist, CategoricalDistribution):
+        return draw(st.sampled_from(dist.choices))
+    if isinstance(dist, IntDistribution):
+        return dist.low + dist.step * draw(st.integers(0, (dist.high - dist.low) // dist.step))
+    if dist.step is not None:
+        k = draw(st.integers(0, round((dist.high - dist.low) / dist.step)))
+        return min(dist.low + k * dist.step, dist.high)
+    if dist.log:
+        u = draw(st.floats(0.0, 1.0))
+        value = math.exp(math.log(dist.low) + u * (math.log(dist.high) - math.log(dist.low)))
+        return min(max(value, dist.low), dist.high)
+    return min(dist.low + draw(st.floats(0.0, 1.0)) * (dist.high - dist.low), dist.high)
+
+
+def _compatible(a, b) -> bool:
+    try:
+        check_distribution_compatibility(a, b)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.filterwarnings("ignore:The distribution is specified by:UserWarning")  # float highs
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_every_distribution_gets_a_valid_value_on_both_paths(data):
+    # Parameters whose distribution may differ from the best trial's (bounds, kind, choices),
+    # that the best may lack, around a best trial or a start point.
+    space, best_space, best_params = {}, {}, {}
+    for i in range(data.draw(st.integers(1, 4))):
+        name = f"p{i}"
+        best_dist = data.draw(_distributions())
+        space[name] = best_dist if data.draw(st.booleans()) else data.draw(_distributions())
+        if data.draw(st.integers(0, 4)):
+            best_space[name] = best_dist
+            best_params[name] = data.draw(_value_in(best_dist))
+    factor = data.draw(st.sampled_from([1.5, 10.0, 1e4]))
+    use_start = data.draw(st.booleans())
+    if use_start:
+        start = {
+            n: v for n, v in best_params.items() if not (isinstance(v, float) and math.isnan(v))
+        }
+        sampler = NeighborhoodSampler(start=start or None, factor=factor, seed=16)
+        study = optuna.create_study(sampler=sampler)
+    else:
+        sampler = NeighborhoodSampler(factor=factor, seed=16)
+        study = _study_with_best(sampler, best_params, best_space)
+
+    for _ in range(2):  # with a start: evaluated as is, then perturbed
+        relative, independent = _both_paths(sampler, study, space)
+        assert relative.keys() == space.keys()
+        for name, dist in space.items():
+            value = relative[name]
+            assert _same(value, independent[name]), (name, dist, value, independent[name])
+            assert _in_distribution(dist, value), (name, dist, value)
+            if isinstance(dist, IntDistribution):
+                assert type(value) is int
+            elif isinstance(dist, FloatDistribution):
+                assert type(value) is float
+            centre = best_params.get(name)
+            if use_start or best_space.get(name) != dist or isinstance(dist, CategoricalDistribution):
+                continue
+            # Around the best, in its own distribution: always inside the neighbourhood.
+            if dist.low > 0:
+                assert centre / factor * (1 - 1e-9) <= value <= centre * factor * (1 + 1e-9)
+            else:
+                half_width = (dist.high - dist.low) * math.log10(factor) / 4
+                assert abs(value - centre) <= half_width * (1 + 1e-9) + 1e-9 * abs(centre)
+
+    # Through Optuna's own suggest path, where the storage accepts the distributions.
+    if all(_compatible(best_space[n], d) for n, d in space.items() if n in best_space):
+        trial = study.ask()
+        for name, dist in space.items():
+            assert _in_distribution(dist, trial._suggest(name, dist))
