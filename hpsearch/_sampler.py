@@ -22,7 +22,7 @@ from optuna.samplers import RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpsearch.vocabulary import PARENT_ATTR
+from hpsearch.vocabulary import PARENT_ATTR, START_CLAIM_ATTR
 
 
 if TYPE_CHECKING:
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 
-# User attribute naming what a trial was drawn around: a trial number (int) or "start".
-# Study system attribute holding the number of the trial that was given the start point.
-_START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
 # Contexts of trials that never reach after_trial (ask without tell) must not pile up.
 _MAX_CACHED_CONTEXTS = 1024
 # Studies whose best trial the sampler follows (one, unless a sampler serves several studies).
@@ -351,9 +348,9 @@ class NeighborhoodSampler(BaseSampler):
         # Only reached while no trial is complete, so this read is rare. Not atomic: two workers
         # may both claim, which only evaluates the start point twice.
         storage = study._storage
-        if _START_CLAIM_ATTR in storage.get_study_system_attrs(study._study_id):
+        if START_CLAIM_ATTR in storage.get_study_system_attrs(study._study_id):
             return False
-        storage.set_study_system_attr(study._study_id, _START_CLAIM_ATTR, trial.number)
+        storage.set_study_system_attr(study._study_id, START_CLAIM_ATTR, trial.number)
         return True
 
 

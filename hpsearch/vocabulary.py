@@ -15,6 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 # Study user attributes, written by the launcher (or the first worker) when it creates the study.
 CONFIG_ATTR = "hpsearch_config"  # the study definition the trials run with, as a dict
 TARGET_ATTR = "target_trials"  # COMPLETE trials the search stops at
+# Study system attribute: the number of the trial NeighborhoodSampler gave the start point (claimed once).
+START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
 
 # Trial user attributes.
 PARENT_ATTR = "parent_trial"  # NeighborhoodSampler: the trial number drawn around, or "start"; a retry keeps it
