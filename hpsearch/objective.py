@@ -1,21 +1,14 @@
 """The Optuna objective: a trial's hyperparameters -> a trained U-Net -> validation IoU.
 
 It reports validation IoU at every evaluation (the dashboard's learning curve; what a pruner
-reads), records per-class IoU, timings and the worker in user attributes, stores the model as
-an Optuna artifact, and returns the validation IoU after the last step. A model that cannot be
-stored leaves its reason in the `model_error` attribute; the trial still completes.
-
-The timing attributes (seconds) of a complete or pruned trial split its wall time (datetime_start
-to datetime_complete): ask_seconds + prepare_seconds + train_seconds + save_seconds + the storage
-calls that record them and end the trial; train_seconds holds setup_seconds (of which
-first_step_seconds), step_seconds, eval_seconds and the callbacks between them. A pruned trial
-has no save_seconds (its model is not stored). benchmarks/service.py reads them to measure the
-service's overhead.
+reads), records per-class IoU, the training time (`train_seconds`, pruned trials too) and the
+worker in user attributes, stores the model as an Optuna artifact, and returns the validation IoU
+after the last step. A model that cannot be stored leaves its reason in the `model_error`
+attribute; the trial still completes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import socket
@@ -73,6 +66,10 @@ class Objective:
         artifact_store: where trial models go (an Optuna artifact store), or None to keep none.
         target: COMPLETE trials the search aims for; a trial started beyond it is refused.
         on_progress: called as on_progress(trial_number, step, iou or None) for live display.
+        on_step: called as on_step(trial_number, step, loss) after every training step.
+        on_eval: called as on_eval(trial_number, step, iou) after every evaluation, before the
+            trial reports it. What either raises ends the trial: optuna.TrialPruned prunes it,
+            anything else fails it.
     """
 
     def __init__(
@@ -84,6 +81,8 @@ class Objective:
         artifact_store=None,
         target: int | None = None,
         on_progress: Callable[[int, int, float | None], None] | None = None,
+        on_step: Callable[[int, int, float], None] | None = None,
+        on_eval: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.config = config
         self.data = data
@@ -91,16 +90,15 @@ class Objective:
         self.artifact_store = artifact_store
         self.target = target
         self.on_progress = on_progress
+        self.on_step = on_step
+        self.on_eval = on_eval
 
     def __call__(self, trial: optuna.Trial) -> float:
-        called = time.perf_counter()
-        # Both clocks are this process's wall clock: Optuna stamps datetime_start when the worker asks.
-        ask_seconds = time.time() - trial.datetime_start.timestamp()
         trial.set_user_attr(WORKER_ATTR, self.worker)
         trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
         try:
             self._refuse_surplus(trial)
-            return self._run(trial, called=called, ask_seconds=ask_seconds)
+            return self._run(trial)
         except KeyboardInterrupt:
             trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
             raise
@@ -119,9 +117,8 @@ class Objective:
         if len(ahead) >= self.target:
             raise SurplusTrial(f"the study already has {len(ahead)} complete or running trials for its target of {self.target}")
 
-    def _run(self, trial: optuna.Trial, *, called: float, ask_seconds: float) -> float:
+    def _run(self, trial: optuna.Trial) -> float:
         from model import train  # TensorFlow loads here, in the worker, not in the launcher
-        from model.training import TrainTimes
 
         params = self.config.hyperparameters(suggest(trial, self.config))
         config = self.config.train_config(trial.number)
@@ -129,6 +126,8 @@ class Objective:
             self.on_progress(trial.number, 0, None)
 
         def on_eval(step: int, iou: float) -> None:
+            if self.on_eval:
+                self.on_eval(trial.number, step, iou)
             trial.report(iou, step)
             if self.on_progress:
                 self.on_progress(trial.number, step, iou)
@@ -137,36 +136,25 @@ class Objective:
                 raise optuna.TrialPruned(f"validation IoU {iou:.4f} at step {step}")
 
         def on_step(step: int, loss: float) -> None:
+            if self.on_step:
+                self.on_step(trial.number, step, loss)
             if self.on_progress and step % 10 == 0:
                 self.on_progress(trial.number, step, None)
 
         # Before training, so that a trial that fails still says how to repeat it.
         trial.set_user_attr(TRAIN_SEED_ATTR, config.seed)
-        times = TrainTimes()
         started = time.perf_counter()
-
-        def record_timings() -> None:
-            """Where the trial's time went (benchmarks/service.py reads these), pruned or not."""
-            timings = {
-                "ask_seconds": ask_seconds,
-                "prepare_seconds": started - called,
-                TRAIN_SECONDS_ATTR: time.perf_counter() - started,
-                **dataclasses.asdict(times),
-            }
-            for name, seconds in timings.items():
-                trial.set_user_attr(name, round(seconds, 4))
-
         try:
-            result = train(params, self.data, config, on_eval=on_eval, on_step=on_step, times=times)
+            result = train(params, self.data, config, on_eval=on_eval, on_step=on_step)
         except optuna.TrialPruned:
-            record_timings()
+            # A pruned trial's training was spent on the search too.
+            trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 4))
             raise
-        record_timings()
+        trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 4))
         trial.set_user_attr(PER_CLASS_ATTR, dict(zip(self.data.class_names[1:], result.final.per_class[1:])))
         trial.set_user_attr(BEST_ATTR, result.best.iou)
         trial.set_user_attr(BEST_STEP_ATTR, result.best.step)
         if self.artifact_store is not None:
-            saving = time.perf_counter()
             try:
                 self._store_model(trial, result, params, config)
             except Exception as error:
@@ -176,7 +164,6 @@ class Objective:
                 trial.set_user_attr(MODEL_ERROR_ATTR, reason)
                 print(f"hpsearch worker {self.worker}: trial {trial.number}'s model was not stored ({reason}); "
                       "the trial keeps its IoU.", file=sys.stderr, flush=True)
-            trial.set_user_attr("save_seconds", round(time.perf_counter() - saving, 4))
         if not math.isfinite(result.final.iou):
             raise ValueError(f"validation IoU is {result.final.iou}")
         return result.final.iou

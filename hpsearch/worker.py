@@ -4,10 +4,6 @@ The launcher starts one per GPU (or per CPU share); `hpsearch worker` starts one
 machine that reaches the study's storage. Before a trial starts, the worker checks the count of
 COMPLETE and RUNNING trials so a search does not overshoot its target; a failed trial (NaN loss,
 an exception, a dead worker elsewhere) is recorded and the search goes on.
-
-The worker writes two timing lines to its output (the launcher sends it to the worker log):
-`hpsearch worker timing: {...}` with the wall-clock times (seconds since the epoch) at which its
-start-up phases ended, and one more when it exits. benchmarks/service.py reads them.
 """
 
 from __future__ import annotations
@@ -20,6 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -33,7 +30,6 @@ from hpsearch.vocabulary import CONFIG_ATTR, FAIL_REASON_ATTR, counts
 # A worker whose trials keep failing stops rather than burn through the study.
 MAX_CONSECUTIVE_FAILURES = 5
 WAIT_SECONDS = 2.0
-TIMING_PREFIX = "hpsearch worker timing:"
 
 
 class StatusFile:
@@ -72,21 +68,6 @@ class _QuietSurplus(logging.Filter):
         return "SurplusTrial" not in record.getMessage()
 
 
-def process_started_at() -> float | None:
-    """When this process started, in seconds since the epoch (10 ms resolution); None where /proc is missing."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, counted from boot
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-def log_timing(worker: str, **stamps) -> None:
-    """One `hpsearch worker timing:` line on stdout: the worker, its pid and the given times (s since the epoch)."""
-    print(TIMING_PREFIX, json.dumps({"worker": worker, "pid": os.getpid(), **stamps}), flush=True)
-
-
 def _interrupt(signum, frame):
     # SIGTERM from the launcher ends the running trial like Ctrl-C: Optuna marks it FAIL.
     raise KeyboardInterrupt
@@ -101,9 +82,14 @@ def run_worker(
     threads: int | None = None,
     artifact_store=None,
     status_path: str | os.PathLike | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_eval: Callable[[int, int, float], None] | None = None,
 ) -> int:
-    """Run trials of `config`'s study in `storage` until it holds `target` COMPLETE trials; return an exit code."""
-    entered = time.time()  # Python, the imports and opening the storage are behind us
+    """Run trials of `config`'s study in `storage` until it holds `target` COMPLETE trials; return an exit code.
+
+    `on_step` and `on_eval` go to each trial's training as in `Objective` (called with the trial
+    number, the step and the loss or validation IoU).
+    """
     signal.signal(signal.SIGTERM, _interrupt)
     # Optuna logs each failed trial with its traceback; a surplus trial is routine, not a failure to read.
     logging.getLogger("optuna.study._optimize").addFilter(_QuietSurplus())
@@ -114,17 +100,10 @@ def run_worker(
     from hpsearch.devices import configure_tensorflow
 
     configure_tensorflow(threads)
-    tensorflow_imported = time.time()
     import model
 
     model.train  # Keras and the training core: loaded here, so the first trial starts at once
-
-    keras_imported = time.time()
     data = load_data(config)
-    log_timing(
-        name, started=process_started_at(), entered=entered, tensorflow_imported=tensorflow_imported,
-        keras_imported=keras_imported, data_loaded=time.time(),
-    )
 
     sampler_config = config
     if config.sampler["name"] != "neighborhood" and config.seed is not None and str(index).isdigit():
@@ -141,7 +120,10 @@ def run_worker(
             changes["iou"] = iou  # a new trial starts without the last one's IoU
         status.update(force=iou is not None or step == 0, **changes)
 
-    objective = Objective(config, data, worker=name, artifact_store=artifact_store, target=target, on_progress=on_progress)
+    objective = Objective(
+        config, data, worker=name, artifact_store=artifact_store, target=target,
+        on_progress=on_progress, on_step=on_step, on_eval=on_eval,
+    )
     failures = 0
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -157,7 +139,6 @@ def run_worker(
         complete, running = counts(study)
         if complete >= target:
             status.update(force=True, state="done")
-            log_timing(name, exited=time.time())
             return 0
         if complete + running >= target:
             status.update(state="waiting for other workers")
@@ -171,7 +152,6 @@ def run_worker(
                 "See the trials' fail_reason in 'hpsearch status'.",
                 file=sys.stderr,
             )
-            log_timing(name, exited=time.time())
             return 1
 
 

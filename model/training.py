@@ -38,17 +38,6 @@ class Evaluation:
 
 
 @dataclasses.dataclass
-class TrainTimes:
-    """Where a training run's time went so far (s); `train` adds to it as it goes, so a run stopped
-    by its `on_eval` hook (a pruned trial) still leaves its times behind."""
-
-    setup_seconds: float = 0.0  # train() called -> first step done: build, compile, tracing, step 1
-    first_step_seconds: float = 0.0  # step 1 alone: tracing the training function + one step
-    step_seconds: float = 0.0  # steps 2..N: patch sampling, the compiled step, reading the loss
-    eval_seconds: float = 0.0  # whole-volume validation
-
-
-@dataclasses.dataclass
 class TrainResult:
     """The trained model (best validation weights restored) and what the run measured."""
 
@@ -58,7 +47,6 @@ class TrainResult:
     history: list[Evaluation]
     seconds: float  # the step loop with its evaluations, after the model is built (s)
     steps: int
-    times: TrainTimes  # the rest of `train` is callbacks and copying the best weights
 
 
 def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: int = 0, loss: float = math.nan) -> Evaluation:
@@ -121,7 +109,6 @@ def train(
     *,
     on_eval: Callable[[int, float], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
-    times: TrainTimes | None = None,
 ) -> TrainResult:
     """Train a U-Net for `config.steps` steps; return it with its best validation weights.
 
@@ -129,17 +116,18 @@ def train(
         params: Table 1 hyperparameters.
         data: training and validation cases.
         config: steps, evaluation interval, block size and the other training choices.
-        on_eval: called as on_eval(step, validation IoU) after each evaluation; may raise to stop.
-        on_step: called as on_step(step, loss) after each step (progress display).
-        times: where the time goes, filled in as training runs (a fresh one when None);
-            also the result's `times`.
+        on_eval: called as on_eval(step, validation IoU) after each evaluation (every
+            `config.eval_every` steps and after the last), once the evaluation is in the history.
+            Whatever it raises stops training and propagates out of `train` (the search's
+            objective raises optuna.TrialPruned there to prune a trial).
+        on_step: called as on_step(step, training loss) after each step 1..`config.steps`,
+            before that step's evaluation, if any; whatever it raises stops training likewise.
 
     Raises:
-        TrainingDiverged: the loss became NaN or infinite.
+        TrainingDiverged: the loss became NaN or infinite (before on_step sees that step).
     """
     if not data.val:
         raise InputError("there are no validation cases; the split needs at least one to measure IoU.")
-    called = time.perf_counter()
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -158,29 +146,19 @@ def train(
     best: Evaluation | None = None
     best_weights = None
     recent_losses: list[float] = []
-    times = times if times is not None else TrainTimes()
     for step in range(1, config.steps + 1):
-        step_started = time.perf_counter()
         images, labels = sampler.next_batch()
         loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
-        step_ended = time.perf_counter()
-        if step == 1:  # the first call traces the training function
-            times.first_step_seconds = step_ended - step_started
-            times.setup_seconds = step_ended - called
-        else:
-            times.step_seconds += step_ended - step_started
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the training loss became {loss} at step {step}; try a lower learning rate.")
         recent_losses.append(loss)
         if on_step is not None:
             on_step(step, loss)
         if step % config.eval_every == 0 or step == config.steps:
-            eval_started = time.perf_counter()
             evaluation = evaluate(
                 model, data.val, depth=config.depth, num_classes=data.num_classes,
                 step=step, loss=float(np.mean(recent_losses)),
             )
-            times.eval_seconds += time.perf_counter() - eval_started
             recent_losses.clear()
             history.append(evaluation)
             if best is None or evaluation.iou > best.iou:
@@ -189,7 +167,7 @@ def train(
                 on_eval(step, evaluation.iou)
     final = history[-1]
     model.set_weights(best_weights)
-    return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps, times)
+    return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps)
 
 
 def _enable_op_determinism() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -53,15 +54,27 @@ def test_best_weights_are_restored(tiny_data):
     assert again.iou == pytest.approx(result.best.iou, abs=1e-9)
 
 
-def test_the_result_says_where_the_time_went(tiny_data):
-    config = TrainConfig(steps=6, eval_every=3, patch_shape=(16, 16, 8), depth=2, seed=1)
-    result = train(TINY, tiny_data, config)
-    times = result.times
-    parts = [times.setup_seconds, times.first_step_seconds, times.step_seconds, times.eval_seconds]
-    assert all(seconds > 0 for seconds in parts), parts
-    assert times.first_step_seconds < times.setup_seconds  # set-up also builds and compiles the model
-    # The loop (`seconds`) starts after the build: it holds the first step, the later steps and the evaluations.
-    assert times.first_step_seconds + times.step_seconds + times.eval_seconds <= result.seconds
+def test_callbacks_see_every_step_and_evaluation_in_order(tiny_data):
+    """What a benchmark timing training from outside relies on: one call per step, then that step's evaluation."""
+    events = []
+    config = TrainConfig(steps=7, eval_every=3, patch_shape=(16, 16, 8), depth=2, seed=1)
+    result = train(
+        TINY, tiny_data, config,
+        on_step=lambda step, loss: events.append(("step", step, loss, time.perf_counter())),
+        on_eval=lambda step, iou: events.append(("eval", step, iou, time.perf_counter())),
+    )
+    assert [event[:2] for event in events] == [
+        ("step", 1), ("step", 2), ("step", 3), ("eval", 3),
+        ("step", 4), ("step", 5), ("step", 6), ("eval", 6),
+        ("step", 7), ("eval", 7),  # the last step is always evaluated
+    ]
+    assert [event[2] for event in events if event[0] == "eval"] == [e.iou for e in result.history]
+    losses = [event[2] for event in events if event[0] == "step"]
+    assert all(np.isfinite(losses))
+    # Each evaluation's loss is the mean over the steps since the one before.
+    assert [e.loss for e in result.history] == pytest.approx([np.mean(losses[0:3]), np.mean(losses[3:6]), losses[6]])
+    # The loop (`seconds`) holds every step and evaluation the callbacks saw.
+    assert events[-1][3] - events[0][3] <= result.seconds
 
 
 def test_on_eval_can_stop_training(tiny_data):
