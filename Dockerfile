@@ -29,10 +29,10 @@ RUN pip install . \
     fi \
  && hpsearch --help >/dev/null
 
-# The study definitions; the dataset (data/) and the trial models (studies/artifacts/) are volumes,
-# the study itself lives in PostgreSQL ($HPSEARCH_STORAGE).
-COPY studies/*.yaml ./studies/
-RUN useradd --create-home --uid 1000 hpsearch \
+# The study definitions (studies/*.yaml, written from the package's templates); the dataset (data/)
+# and the trial models (studies/artifacts/) are volumes; the study itself lives in PostgreSQL ($HPSEARCH_STORAGE).
+RUN hpsearch init /app \
+ && useradd --create-home --uid 1000 hpsearch \
  && mkdir -p /app/data /app/studies/artifacts \
  && chown -R hpsearch:hpsearch /app/data /app/studies
 USER hpsearch

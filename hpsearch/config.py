@@ -179,9 +179,14 @@ class StudyConfig:
         return {name: self.start[name] for name in self.search_space}
 
 
-def load_study(path: str | os.PathLike) -> StudyConfig:
-    """Read and check a study YAML file; relative data paths resolve against the file's folder."""
+def load_study(path: str | os.PathLike, *, home: str | os.PathLike | None = None) -> StudyConfig:
+    """Read and check a study YAML file.
+
+    Relative data paths resolve against `home`, the file's own folder by default (a packaged
+    template is read from the package but used from the current folder's studies/).
+    """
     source = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    base = source.parent if home is None else Path(os.path.abspath(os.fspath(home)))
     where = f"study file {os.fspath(path)!r}"
     try:
         with open(source, encoding="utf-8") as file:
@@ -204,7 +209,7 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
         raise UsageError(
             f"{where} must hold a mapping of study keys ({', '.join(_TOP_KEYS)}), got {type(document).__name__}."
         )
-    return _parse(document, _Checker(where), source, source.parent, check_data=True)
+    return _parse(document, _Checker(where), source, base, check_data=True)
 
 
 # ---------------------------------------------------------------- checking

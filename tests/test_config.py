@@ -16,13 +16,14 @@ from hpsearch import config as config_module
 from hpsearch._sampler import NeighborhoodSampler
 from hpsearch.config import StudyConfig, load_study
 from hpsearch.errors import UsageError
+from hpsearch.templates import template_path
 from model.config import TrainConfig
 from model.params import Hyperparameters
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = ROOT / "studies"
+STUDIES = ROOT / "studies"  # where a checkout uses the packaged templates from
 LR = "learning rate"
 CHANNELS = "channels in first conv layer"
 KEEP = "dropout keep probability"
@@ -70,11 +71,16 @@ def load(tmp_path: Path, **changes) -> StudyConfig:
     return load_study(write(tmp_path, edited(changes)))
 
 
+def load_shipped(name: str):
+    """A packaged study template, used from the checkout's studies/ folder."""
+    return load_study(template_path(name), home=STUDIES)
+
+
 # ---------------------------------------------------------------- the shipped studies
 
 
 def test_paper_study_is_table1_and_the_papers_training():
-    config = load_study(STUDIES / "paper.yaml")
+    config = load_shipped("paper")
     assert config.name == "paper"
     assert config.start == Hyperparameters().as_table1()
     assert set(config.search_space) == set(Hyperparameters().as_table1())
@@ -94,7 +100,7 @@ def test_paper_study_is_table1_and_the_papers_training():
 
 
 def test_quickstart_study_is_small():
-    config = load_study(STUDIES / "quickstart.yaml")
+    config = load_shipped("quickstart")
     assert config.name == "quickstart"
     assert config.trials == 6
     assert config.seed == 0
@@ -103,7 +109,7 @@ def test_quickstart_study_is_small():
     assert config.training["loss"] == "joint"
     assert config.start == {**Hyperparameters().as_table1(), LR: 1.0e-3, CHANNELS: 8}
     assert config.search_space[CHANNELS] == {"low": 4, "high": 16, "log": True, "step": None}
-    paper = load_study(STUDIES / "paper.yaml")
+    paper = load_shipped("paper")
     others = {name: space for name, space in config.search_space.items() if name != CHANNELS}
     assert others == {name: space for name, space in paper.search_space.items() if name != CHANNELS}
     assert config.data_path == ROOT / "data" / "quickstart"
@@ -276,7 +282,7 @@ def test_median_pruner_gets_its_options(tmp_path):
 # ---------------------------------------------------------------- to_dict / from_dict
 
 
-@pytest.mark.parametrize("study", ["paper.yaml", "quickstart.yaml", None])
+@pytest.mark.parametrize("study", ["paper", "quickstart", None])
 def test_to_dict_round_trips_through_json(tmp_path, study):
     if study is None:
         config = load(
@@ -288,7 +294,7 @@ def test_to_dict_round_trips_through_json(tmp_path, study):
             **{"search_space.beta1": {"low": 0.8, "high": 0.95, "step": 0.05}, "data.split.val_fraction": 0.3},
         )
     else:
-        config = load_study(STUDIES / study)
+        config = load_shipped(study)
     stored = json.loads(json.dumps(config.to_dict()))  # what the Optuna user attribute keeps
     again = StudyConfig.from_dict(stored)
     assert again == config
@@ -458,7 +464,7 @@ def test_base_doc_itself_is_valid(tmp_path):
 def test_reading_a_study_does_not_import_keras_or_tensorflow():
     code = (
         "import sys, hpsearch.config as c; "
-        f"c.load_study({str(STUDIES / 'paper.yaml')!r}).make_sampler(); "
+        f"c.load_study({str(template_path('paper'))!r}).make_sampler(); "
         "loaded = [m for m in ('keras', 'tensorflow') if m in sys.modules]; "
         "assert not loaded, loaded"
     )

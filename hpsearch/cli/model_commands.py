@@ -1,0 +1,223 @@
+"""The model's commands: data synth, train, segment, evaluate (thin, over the model's face)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+from hpsearch.cli.options import fraction, positive_int, shape_argument
+from hpsearch.errors import UsageError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add data synth, train, segment and evaluate to the command parser."""
+    data = commands.add_parser("data", help="make datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_commands.add_parser("synth", help="write synthetic cardiac MR stacks in MSD layout")
+    synth.add_argument("out", help="new folder to write the dataset into")
+    synth.add_argument("--cases", type=positive_int, default=40,
+                       help="number of cases (default: 40: 24 training, 8 validation, 8 test)")
+    synth.add_argument("--shape", type=shape_argument, default=(192, 192, 12),
+                       help="volume size XxYxZ (default: 192x192x12)")
+    synth.add_argument("--vary-shape", action="store_true",
+                       help="vary the size per case like the paper's data (128/192/256 in plane, 10-15 slices)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--myocardium", action="store_true", help="label the myocardium ring as class 2")
+    synth.set_defaults(handler=cmd_data_synth)
+
+    train = commands.add_parser("train", help="train one model (Table 1 hyperparameters by default)")
+    train.add_argument("--data", required=True, help="dataset folder (MSD or nnU-Net v2 layout)")
+    train.add_argument("--params", help="Table-1 YAML file of hyperparameters (as 'hpsearch export' writes)")
+    train.add_argument("--out", help="new folder for the model (default: runs/train-DATE-TIME)")
+    add_training_options(train)
+    train.set_defaults(handler=cmd_train)
+
+    segment = commands.add_parser("segment", help="segment a NIfTI file or a folder of them")
+    segment.add_argument("--model", required=True, help="model folder written by 'hpsearch train'")
+    segment.add_argument("input", help="NIfTI file or folder")
+    segment.add_argument("output", help="output NIfTI file or folder")
+    add_precision_option(segment)
+    segment.set_defaults(handler=cmd_segment)
+
+    evaluate = commands.add_parser("evaluate", help="IoU per class and per case on a labelled dataset")
+    evaluate.add_argument("--model", required=True, help="model folder written by 'hpsearch train'")
+    evaluate.add_argument("--data", required=True, help="dataset folder")
+    evaluate.add_argument("--split", choices=("test", "val", "all"), default="test",
+                          help="which cases (default: test, the split recorded with the model)")
+    add_precision_option(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--steps", type=positive_int, default=5000, help="training steps (default: 5000, as in the paper's search)")
+    add("--eval-every", type=positive_int, default=250, help="validate every N steps (default: 250)")
+    add("--patch", type=shape_argument, default=(64, 64, 16), help="training block size (default: 64x64x16)")
+    add("--batch", type=positive_int, default=2, help="blocks per step (default: 2)")
+    add("--depth", type=positive_int, default=3, help="U-Net pooling steps (default: 3)")
+    add("--loss", choices=("joint", "per_class"), default="joint",
+        help="soft IoU loss: joint (the paper's, default) or per_class")
+    add("--block", choices=("factorized", "full"), default="factorized",
+        help="convolution block (default: factorized, the paper's)")
+    add("--clip", choices=("global", "per_tensor"), default="global",
+        help="gradient clipping by global norm or per tensor (default: global)")
+    add("--seed", type=int, default=0, help="seed for the split, initialisation and patch sampling (default: 0)")
+    add("--deterministic", action="store_true", help="deterministic TensorFlow ops (repeatable, slower)")
+    add("--val-fraction", type=fraction, default=0.2, help="share of cases for validation (default: 0.2)")
+    add("--test-fraction", type=fraction, default=0.2, help="share of cases held out for testing (default: 0.2)")
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    from model import PRECISIONS
+
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="float32",
+        help="arithmetic of inference (default: float32); bfloat16 rounds the probabilities and can be faster "
+        "on a CPU with bfloat16 units (AVX-512 BF16, AMX): time it on yours",
+    )
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from model import write_dataset
+
+    from hpsearch.progress import bar
+
+    with bar(f"writing {args.cases} synthetic cases", total=args.cases) as advance:
+        root = write_dataset(
+            args.out,
+            cases=args.cases,
+            shape=None if args.vary_shape else args.shape,
+            seed=args.seed,
+            myocardium=args.myocardium,
+            progress=lambda done, total: advance(done),
+        )
+    print(f"wrote {args.cases} cases to {root} (MSD layout: dataset.json, imagesTr/, labelsTr/)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model import (
+        Hyperparameters,
+        TrainConfig,
+        check_new_folder,
+        import_tensorflow,
+        load_dataset,
+        load_params,
+        load_train_data,
+        split_cases,
+    )
+
+    params = load_params(args.params) if args.params else Hyperparameters()
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_new_folder(out)  # before the hours of training, not after
+    config = TrainConfig(
+        steps=args.steps,
+        eval_every=min(args.eval_every, args.steps),
+        patch_shape=args.patch,
+        batch_size=args.batch,
+        depth=args.depth,
+        block=args.block,
+        loss=args.loss,
+        clip=args.clip,
+        seed=args.seed,
+        deterministic=args.deterministic,
+    )
+    dataset = load_dataset(args.data)
+    split = split_cases(dataset.case_names, seed=args.seed, val_fraction=args.val_fraction,
+                        test_fraction=args.test_fraction)
+    print(f"dataset {dataset.name}: {len(split.train)} training, {len(split.val)} validation, "
+          f"{len(split.test)} test cases")
+    data = load_train_data(dataset, split)
+
+    import_tensorflow()
+    from model import save_run, train
+
+    from hpsearch.progress import training_bar
+
+    with training_bar(config.steps) as (on_step, on_eval):
+        result = train(params, data, config, on_step=on_step, on_eval=on_eval)
+    split_record = {"seed": args.seed, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
+                    "train": list(split.train), "val": list(split.val), "test": list(split.test)}
+    save_run(
+        out, result, params, config,
+        class_names=dataset.class_names,
+        channel_names=dataset.channel_names,
+        extra={"dataset": str(Path(args.data).resolve()), "split": split_record},
+    )
+    per_class = ", ".join(f"{name} {iou:.4f}" for name, iou in zip(dataset.class_names[1:], result.best.per_class[1:]))
+    print(
+        f"validation IoU {result.best.iou:.4f} (step {result.best.step}; {per_class}) "
+        f"after {result.steps} steps in {result.seconds:.0f} s; model written to {out}"
+    )
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from model import import_tensorflow
+
+    import_tensorflow()
+    from model import load_run, segment
+
+    run = load_run(args.model)
+    with slow_bfloat16_noted(args.precision):
+        written = segment(
+            run, args.input, args.output, precision=args.precision,
+            progress=lambda i, n, name: print(f"[{i}/{n}] {name}"),
+        )
+    print(f"wrote {len(written)} mask(s) to {args.output}")
+    return 0
+
+
+@contextlib.contextmanager
+def slow_bfloat16_noted(precision: str):
+    """Say so on stderr when bfloat16 is asked for where it would be emulated (slower, not faster),
+    and, while inside, drop TensorFlow's own line saying the same in its words."""
+    from model import BFLOAT16_CPU_FLAGS, BFLOAT16_FALLBACK_NOTICE, bfloat16_is_native, filtered_stderr
+
+    if precision != "bfloat16" or bfloat16_is_native() is not False:
+        yield
+        return
+    print(
+        f"hpsearch: note: this machine has no GPU and its CPU lacks bfloat16 units ({', '.join(BFLOAT16_CPU_FLAGS)}), "
+        "so --precision bfloat16 will likely be slower than float32 here.",
+        file=sys.stderr,
+    )
+    with filtered_stderr((BFLOAT16_FALLBACK_NOTICE,)):
+        yield
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model import import_tensorflow, load_dataset
+
+    from hpsearch.progress import print_table
+
+    dataset = load_dataset(args.data)
+    import_tensorflow()
+    from model import evaluate, inference_model, load_run
+
+    run = load_run(args.model)
+    if dataset.class_names != run.class_names:
+        raise UsageError(f"the dataset's classes {list(dataset.class_names)} differ from the model's "
+                         f"{list(run.class_names)}; evaluate on data with the same labels.")
+    names = run.case_names(dataset.case_names, args.split)
+    if not names:
+        raise UsageError(f"the {args.split} split of {args.data} is empty; use --split all.")
+    cases = dataset.load_cases(names)
+    with slow_bfloat16_noted(args.precision):
+        model = inference_model(run.model, args.precision)
+        result = evaluate(model, cases, depth=run.config.depth, num_classes=len(run.class_names))
+    print_table(
+        f"IoU per case ({args.split} split)",
+        ["case", "mean foreground IoU"],
+        [[name, f"{iou:.4f}"] for name, iou in result.per_case.items()],
+    )
+    print_table(
+        "IoU per class (all voxels of the split)",
+        ["class", "IoU"],
+        [[name, f"{iou:.4f}"] for name, iou in zip(run.class_names, result.per_class)],
+    )
+    print(f"mean foreground IoU {result.iou:.4f} over {len(cases)} case(s)")
+    return 0

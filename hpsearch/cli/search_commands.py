@@ -1,0 +1,163 @@
+"""The search's commands: init, launch, worker."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+
+from hpsearch.cli.options import (
+    add_study_options,
+    load_study_file,
+    open_study_storage,
+    positive_int,
+    resolve_study,
+    study_argument,
+    study_paths,
+    writable_folder,
+)
+from hpsearch.errors import UsageError
+from hpsearch.templates import STUDIES_FOLDER, TEMPLATE_NAMES
+
+TEMPLATES = ", ".join(TEMPLATE_NAMES)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add init, launch and worker to the command parser."""
+    init = commands.add_parser("init", help=f"write the study templates ({TEMPLATES}) into DIR/studies/ to edit")
+    init.add_argument("dir", nargs="?", default=".", help="folder to write studies/ into (default: this folder)")
+    init.add_argument("--force", action="store_true", help="overwrite study files that already exist there")
+    init.set_defaults(handler=cmd_init)
+
+    launch = commands.add_parser("launch", help="create or resume a study and run N supervised workers")
+    launch.add_argument("--workers", type=int, default=1,
+                        help="worker processes: one per GPU, or sharing the CPU cores (default: 1)")
+    add_study_options(launch, f"study YAML file, or a template name ({TEMPLATES}; default: quickstart, "
+                              f"{STUDIES_FOLDER}/quickstart.yaml where it exists)")
+    launch.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the study file's 'trials')")
+    launch.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
+    launch.add_argument("--deterministic", action="store_true",
+                        help="deterministic TensorFlow ops: a seeded 1-worker search repeats trial by trial (slower)")
+    launch.set_defaults(handler=cmd_launch)
+
+    worker = commands.add_parser("worker", help="join a running study from this machine (one worker process)")
+    add_study_options(worker, "study name in the storage, or a study YAML file (required)", required=True)
+    worker.add_argument("--gpu", help="GPU index this worker uses (sets CUDA_VISIBLE_DEVICES)")
+    worker.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the launcher's target)")
+    worker.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow (default: all)")
+    worker.add_argument("--data", help="dataset folder on this machine, if not where the launcher had it")
+    worker.add_argument("--artifacts", help=f"folder of the trial model store (default: {STUDIES_FOLDER}/artifacts)")
+    worker.add_argument("--index", default="0", help=argparse.SUPPRESS)
+    worker.add_argument("--status-file", help=argparse.SUPPRESS)
+    worker.set_defaults(handler=cmd_worker)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from hpsearch.templates import write_templates
+
+    written = write_templates(args.dir, force=args.force)
+    print(f"wrote {', '.join(str(path) for path in written)}")
+    print(f"next: edit them, then  hpsearch launch --study {shlex.quote(str(written[0]))} --workers 2")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from hpsearch.cli.results_commands import print_best
+    from hpsearch.devices import choose_gpus, cpu_threads
+    from hpsearch.launcher import Launcher, prepare_study
+    from hpsearch.live import LiveView
+    from hpsearch.progress import bar
+    from hpsearch.storage import describe, mask_password
+    from hpsearch.vocabulary import counts
+    from hpsearch.worker import ensure_dataset
+
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers} must be at least 1.")
+    study_argument(args, templates=True)
+    if args.study_file is None:
+        raise UsageError(
+            f"--study {args.study!r} is not a study file; 'hpsearch launch' needs a study YAML file or a template "
+            f"name ({TEMPLATES}); to join a study already in the storage by name, use "
+            f"'hpsearch worker --study {args.study}'."
+        )
+    config = load_study_file(args)
+    if args.deterministic:
+        config = dataclasses.replace(config, deterministic=True)
+    target = args.trials or config.trials
+    gpus = choose_gpus(args.gpus, args.workers)
+    threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
+    paths = study_paths(args.study_home)
+    fix = f"move it away, or keep the study file in another folder than {args.study_home}"
+    writable_folder(paths["artifacts"], "trial models", fix)
+    writable_folder(paths["logs"] / config.name, "worker logs", fix)
+    url, storage = open_study_storage(args)
+    if config.synth is not None and not config.data_path.exists():
+        with bar(f"writing synthetic data to {config.data_path}", total=config.synth["cases"]) as advance:
+            ensure_dataset(config, progress=lambda done, total: advance(done))
+    study = prepare_study(config, storage, target=target)
+    complete, _ = counts(study)
+    shown = mask_password(url)
+    print(f"study {config.name!r} in {describe(url)}: {complete} of {target} complete trials")
+    if complete >= target:
+        print(f"the study already holds {complete} complete trials; raise --trials to search further.")
+        return 0
+    # The same study and storage flags as this launch, so the printed commands can be pasted as they are.
+    flags = "" if args.study_label is None else f" --study {shlex.quote(args.study_label)}"
+    flags += f" --storage {shlex.quote(shown)}" if args.storage else ""
+    launcher = Launcher(
+        config, url, storage, target=target, gpus=gpus, threads=threads,
+        artifacts=paths["artifacts"], log_dir=paths["logs"] / config.name,
+    )
+    devices = ", ".join(f"GPU {g}" for g in gpus) if threads is None else f"CPU, {threads} thread(s) each"
+    print(f"starting {args.workers} worker(s) on {devices}; logs in {launcher.log_dir}")
+    try:
+        with LiveView(study_name=config.name, storage=storage, storage_text=describe(url),
+                      dashboard_command=f"hpsearch dashboard{flags}", target=target) as view:
+            code = launcher.run(display=view)
+    finally:
+        launcher.cleanup()
+    print_best(study, interrupted=code == 130)
+    if code == 0:
+        data = os.path.relpath(config.data_path) if config.data_path.is_relative_to(Path.cwd()) else config.data_path
+        print(
+            "next: write the best trial as Table 1, then train the final model with it:\n"
+            f"  hpsearch export{flags} -o best.yaml\n"
+            f"  hpsearch train --data {shlex.quote(str(data))} --params best.yaml"
+        )
+    return code
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu  # before TensorFlow loads
+    import optuna
+    import optuna.artifacts
+
+    from hpsearch.launcher import prepare_study
+    from hpsearch.storage import mask_password
+    from hpsearch.vocabulary import TARGET_ATTR
+    from hpsearch.worker import run_worker
+
+    study_argument(args, default=False)
+    url, storage = open_study_storage(args)
+    config = resolve_study(args, storage, check_data=True)
+    if args.data:
+        config = dataclasses.replace(config, data_path=Path(args.data).resolve())
+    try:
+        stored_target = optuna.load_study(study_name=config.name, storage=storage).user_attrs.get(TARGET_ATTR)
+    except KeyError:
+        if args.study_file is None:
+            raise UsageError(f"there is no study named {config.name!r} in {mask_password(url)}; "
+                             "start it with 'hpsearch launch'.") from None
+        # A worker given the study file may be the first to arrive: it creates the study.
+        stored_target = prepare_study(config, storage, target=args.trials or config.trials).user_attrs[TARGET_ATTR]
+    target = args.trials or stored_target or config.trials
+    artifacts = Path(args.artifacts or study_paths(args.study_home)["artifacts"])
+    writable_folder(artifacts, "trial models", "pass --artifacts DIR to name a writable folder")
+    store = optuna.artifacts.FileSystemArtifactStore(str(artifacts.resolve()))
+    return run_worker(
+        config, storage, index=args.index, target=target, threads=args.threads,
+        artifact_store=store, status_path=args.status_file,
+    )
