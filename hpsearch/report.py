@@ -28,6 +28,8 @@ from hpsearch.config import StudyConfig
 from hpsearch.export import ExportedTrial, exported_trial
 from hpsearch.vocabulary import PARENT_ATTR
 
+REPORT_MARKER = b"hpsearch report:"  # in the title of every report: a later report may replace the file
+
 TARGET_NAME = "validation IoU"
 
 # (key, title): the figures in page order; the key is the section id, the figure's div id is "figure-KEY".
@@ -84,7 +86,7 @@ def render_report(study: optuna.Study, config: StudyConfig | None, *, storage_te
         '<html lang="en">',
         "<head>",
         '<meta charset="utf-8">',
-        f"<title>hpsearch report: {_e(study.study_name)}</title>",
+        f"<title>{REPORT_MARKER.decode()} {_e(study.study_name)}</title>",
         "<style>"
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}"

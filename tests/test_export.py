@@ -112,7 +112,9 @@ def test_the_exported_file_loads_as_the_trials_hyperparameters(journal_study, tm
     journal, _, config, study = journal_study
     out = tmp_path / "best.yaml"
     out.write_text("old content\n")
-    assert export("--study", "tiny", "--storage", journal, "-o", str(out)) == 0
+    assert export("--study", "tiny", "--storage", journal, "-o", str(out)) == 2  # an existing file needs --force
+    assert "--force" in capsys.readouterr().err and out.read_text() == "old content\n"
+    assert export("--study", "tiny", "--storage", journal, "-o", str(out), "--force") == 0
     assert "wrote trial 1" in capsys.readouterr().out
     loaded = load_params(out)
     expected = config.hyperparameters(study.trials[1].params)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hpsearch.cli.options import fraction, positive_int, shape_argument
 from hpsearch.errors import UsageError
+from hpsearch.outputs import check_not_protected
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -161,6 +162,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import_tensorflow()
     from model import load_run, segment
 
+    check_not_protected(Path(args.output))  # masks never go over or into a dataset or a model
     run = load_run(args.model)
     with slow_bfloat16_noted(args.precision):
         written = segment(

@@ -18,6 +18,7 @@ from hpsearch.cli.options import (
     study_paths,
 )
 from hpsearch.errors import UsageError
+from hpsearch.outputs import check_output_file
 
 STUDY_HELP = f"study YAML file or study name (default: {STUDIES_FOLDER}/quickstart.yaml, else the quickstart template)"
 
@@ -48,13 +49,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  help="the best COMPLETE trial as a Table-1 YAML file for 'hpsearch train --params'")
     add_study_options(export, STUDY_HELP)
     export.add_argument("-o", "--output", help="file to write (written atomically; default: print to stdout)")
+    export.add_argument("--force", action="store_true", help="replace the -o file if it exists")
     export.add_argument("--format", choices=("yaml", "markdown"), default="yaml",
                         help="yaml (the --params file, default) or a markdown table")
     export.set_defaults(handler=cmd_export)
 
     report = commands.add_parser("report", help="one self-contained HTML page of plots about the study")
     add_study_options(report, STUDY_HELP)
-    report.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument("-o", "--output", default="report.html",
+                        help="HTML file to write (default: report.html; an earlier report there is replaced)")
+    report.add_argument("--force", action="store_true", help="replace the -o file even if it is not a report")
     report.set_defaults(handler=cmd_report)
 
 
@@ -204,6 +208,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from hpsearch.export import exported_trial, to_markdown, to_yaml, write_output
     from hpsearch.storage import describe
 
+    if args.output not in (None, "-"):
+        check_output_file(Path(args.output), force=args.force)  # before anything is read
     study, definition, url = open_finished_study(args)
     exported = exported_trial(study, definition, source=describe(url))
     write_output(to_markdown(exported) if args.format == "markdown" else to_yaml(exported), args.output)
@@ -215,9 +221,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpsearch.export import write_atomically
-    from hpsearch.report import render_report
+    from hpsearch.report import REPORT_MARKER, render_report
     from hpsearch.storage import describe
 
+    check_output_file(Path(args.output), force=args.force, rewritable_marker=REPORT_MARKER)
     study, definition, url = open_finished_study(args)
     text = render_report(study, definition, storage_text=describe(url))
     write_atomically(Path(args.output), text)
