@@ -1,24 +1,27 @@
-"""Service performance of `hpsearch launch` on the quick-start study: three goals of the performance issue.
+"""Service performance of a launch on the quick-start study: three goals of the performance issue.
 
-1. Launch to first training step: from `hpsearch launch` starting (the moment this script starts
-   the process) to the end of the first training step of the first trial, split into parts.
+1. Launch to first training step: from the launch starting (the moment this script starts the
+   launching process) to the end of the first training step of the first trial, split into parts.
    Warm: the dataset is written before the launches (its write time is printed separately; a
    cold launch adds it) and TensorFlow is imported once beforehand so its files are in the page
    cache.
 2. Service overhead: the share of each worker's wall time (process start to exit) spent outside
    training steps and whole-volume validation, with TensorFlow's one-time import shown apart.
-   "Inside" is the compiled training-step calls with the patch sampling that feeds them, and
-   validation; everything else (imports, model build, tracing, storage calls, the sampler,
-   saving the model artifact, waiting) is overhead, broken down by part.
-3. 2 workers vs 1: COMPLETE trials per hour of `launch --workers 2` ÷ `launch --workers 1`,
-   each over the same number of trials; trials per hour = trials ÷ the launch's wall time.
+   "Inside" is the training steps (patch sampling and the compiled step; of the first step, one
+   typical step, its tracing apart) and validation; everything else (imports, model build,
+   tracing, storage calls, the sampler, saving the model artifact, waiting) is overhead, broken
+   down by part.
+3. 2 workers vs 1: COMPLETE trials per hour of 2 workers ÷ 1 worker, each over the same number of
+   trials; trials per hour = trials ÷ the launch's wall time.
 
-Every launch gets a fresh journal file, log and model folder in a temporary folder; the study
-file is a copy of studies/quickstart.yaml with only its data path changed (to a dataset in that
-folder). The figures come from the timing attributes hpsearch's objective records on each trial
-(ask_seconds, prepare_seconds, train_seconds, setup_seconds, first_step_seconds, step_seconds,
-eval_seconds, save_seconds; see hpsearch/objective.py) and the `hpsearch worker timing:` lines
-in the worker logs (start-up phases and exit, seconds since the epoch).
+Each launch is a process of this script (`service.py launch`) that does what `hpsearch launch`
+does before it supervises: it creates the study in a fresh journal file, then starts one worker
+process per GPU or CPU share with the launcher's thread cap. Each worker (`service.py worker`) runs
+hpsearch's own worker loop (`hpsearch.worker.run_worker`) with training callbacks that note the
+wall-clock time of every step and evaluation, and writes those times, with its start-up phases,
+to a JSON file. The figures come from those times and the trials' datetime_start and
+datetime_complete. The study file is a copy of the packaged quick-start study with only its data
+path changed (to a dataset in the temporary folder).
 
     python benchmarks/service.py                          # 6 trials; 1 worker, then 2; one launch each
     python benchmarks/service.py --trials 6 --repeats 2   # the recorded measurement
@@ -48,8 +51,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hpsearch.config import load_study  # noqa: E402
-from hpsearch.worker import TIMING_PREFIX, ensure_dataset  # noqa: E402
+from hpsearch.worker import ensure_dataset  # noqa: E402
 
+QUICKSTART = ROOT / "hpsearch" / "studies" / "quickstart.yaml"
 LAUNCH_GOAL_SECONDS = 15.0
 OVERHEAD_GOAL = 0.02
 SPEEDUP_GOAL = 1.0
@@ -60,14 +64,14 @@ BUSY_LIMIT = 0.15  # above this share of the cores busy before the launches, the
 
 @dataclasses.dataclass
 class Launch:
-    """One `hpsearch launch` run and what it left behind."""
+    """One launch and what it left behind."""
 
     workers: int
     folder: Path
-    started: float  # wall clock (s since the epoch) just before the process started
+    started: float  # wall clock (s since the epoch) just before the launching process started
     ended: float
     trials: list  # optuna FrozenTrial
-    runs: dict[int, dict]  # worker pid -> its timing stamps (s since the epoch)
+    runs: dict[int, dict]  # worker pid -> its record (see worker_main)
 
     @property
     def seconds(self) -> float:
@@ -145,7 +149,7 @@ def _environment() -> dict:
 
 
 def run_launch(template: Path, data_path: Path, folder: Path, *, workers: int, trials: int, pruner: bool = True) -> Launch:
-    """`hpsearch launch --workers N --trials T` on a fresh journal in `folder`; its trials and worker timings."""
+    """One launch (`service.py launch`) of `workers` workers on a fresh journal in `folder`; its trials and worker records."""
     import optuna
 
     from hpsearch.storage import open_storage
@@ -153,8 +157,8 @@ def run_launch(template: Path, data_path: Path, folder: Path, *, workers: int, t
     study_file = write_study_file(template, folder, data_path, pruner=pruner)
     journal = folder / "study.journal"
     command = [
-        sys.executable, "-m", "hpsearch.cli", "launch", "--workers", str(workers),
-        "--study", str(study_file), "--storage", str(journal), "--trials", str(trials),
+        sys.executable, str(Path(__file__).resolve()), "launch", "--workers", str(workers),
+        "--study", str(study_file), "--storage", str(journal), "--trials", str(trials), "--folder", str(folder),
     ]
     with open(folder / "launch.log", "w", encoding="utf-8") as log:
         started = time.time()
@@ -162,34 +166,161 @@ def run_launch(template: Path, data_path: Path, folder: Path, *, workers: int, t
         ended = time.time()
     if code != 0:
         tail = (folder / "launch.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise SystemExit(f"hpsearch launch --workers {workers} exited with code {code} (logs in {folder}):\n{tail}")
+        raise SystemExit(f"the launch of {workers} worker(s) exited with code {code} (logs in {folder}):\n{tail}")
     name = load_study(study_file).name
     study = optuna.load_study(study_name=name, storage=open_storage(str(journal)))
-    return Launch(workers, folder, started, ended, study.get_trials(deepcopy=False), read_worker_timings(folder / "logs" / name))
+    return Launch(workers, folder, started, ended, study.get_trials(deepcopy=False), read_worker_records(folder / "workers"))
 
 
-def read_worker_timings(log_dir: Path) -> dict[int, dict]:
-    """The `hpsearch worker timing:` lines of every worker log, merged per worker process id."""
+def launch_main(argv: list[str]) -> int:
+    """`service.py launch`: create the study, start the workers as `hpsearch launch` would, wait for them."""
+    from hpsearch.devices import choose_gpus, cpu_threads
+    from hpsearch.launcher import prepare_study
+    from hpsearch.storage import open_storage
+
+    parser = argparse.ArgumentParser(prog="service.py launch")
+    parser.add_argument("--study", type=Path, required=True)
+    parser.add_argument("--storage", required=True, help="journal file")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--trials", type=int, required=True)
+    parser.add_argument("--folder", type=Path, required=True, help="where logs, records and trial models go")
+    args = parser.parse_args(argv)
+    prepare_study(load_study(args.study), open_storage(args.storage), target=args.trials)
+    gpus = choose_gpus(None, args.workers)
+    threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
+    for sub in ("logs", "workers", "artifacts"):
+        (args.folder / sub).mkdir(parents=True, exist_ok=True)
+    processes = []
+    try:
+        for index, gpu in enumerate(gpus):
+            command = [
+                sys.executable, str(Path(__file__).resolve()), "worker", "--study", str(args.study),
+                "--storage", args.storage, "--index", str(index), "--trials", str(args.trials),
+                "--artifacts", str(args.folder / "artifacts"), "--record", str(args.folder / "workers" / f"w{index}.json"),
+            ] + (["--threads", str(threads)] if threads else [])
+            env = {**_environment(), "CUDA_VISIBLE_DEVICES": gpu if gpu is not None else ""}
+            with open(args.folder / "logs" / f"w{index}.log", "w", encoding="utf-8") as log:
+                processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        codes = [process.wait() for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    failed = [(index, code) for index, code in enumerate(codes) if code != 0]
+    for index, code in failed:
+        print(f"worker w{index} exited with code {code}; see {args.folder / 'logs' / f'w{index}.log'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def process_started_at() -> float | None:
+    """When this process started, in seconds since the epoch (10 ms resolution); None where /proc is missing."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, counted from boot
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def worker_main(argv: list[str]) -> int:
+    """`service.py worker`: hpsearch's worker loop with callbacks that note when each step and evaluation ended.
+
+    Writes --record as JSON: the worker, its pid, its start-up times and exit (s since the epoch),
+    and per trial number the end time of each step ("steps") and each evaluation ("evals": [step, time]).
+    """
+    import optuna.artifacts
+
+    from hpsearch.devices import configure_tensorflow
+    from hpsearch.storage import open_storage
+    from hpsearch.worker import run_worker
+
+    parser = argparse.ArgumentParser(prog="service.py worker")
+    parser.add_argument("--study", type=Path, required=True)
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--trials", type=int, required=True)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--artifacts", type=Path, required=True)
+    parser.add_argument("--record", type=Path, required=True)
+    args = parser.parse_args(argv)
+    config = load_study(args.study)
+    storage = open_storage(args.storage)
+    record: dict = {"pid": os.getpid(), "started": process_started_at(), "entered": time.time(), "steps": {}, "evals": {}}
+    # What run_worker does first, timed here; its own calls then find everything loaded.
+    configure_tensorflow(args.threads)
+    record["tensorflow_imported"] = time.time()
+    import model
+
+    model.train
+    record["keras_imported"] = time.time()
+
+    def on_step(trial: int, step: int, loss: float) -> None:
+        record["steps"].setdefault(trial, []).append(time.time())
+
+    def on_eval(trial: int, step: int, iou: float) -> None:
+        record["evals"].setdefault(trial, []).append([step, time.time()])
+
+    code = run_worker(
+        config, storage, index=args.index, target=args.trials, threads=args.threads,
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(args.artifacts.resolve())),
+        on_step=on_step, on_eval=on_eval,
+    )
+    record["exited"] = time.time()
+    record["code"] = code
+    args.record.write_text(json.dumps(record), encoding="utf-8")
+    return code
+
+
+def read_worker_records(folder: Path) -> dict[int, dict]:
+    """The records the workers of a launch wrote, by worker process id (trial numbers as ints)."""
     runs: dict[int, dict] = {}
-    for path in sorted(log_dir.glob("w*.log")):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith(TIMING_PREFIX):
-                stamps = json.loads(line[len(TIMING_PREFIX):])
-                runs.setdefault(stamps["pid"], {}).update(stamps)
+    for path in sorted(folder.glob("w*.json")):
+        run = json.loads(path.read_text(encoding="utf-8"))
+        run["steps"] = {int(trial): times for trial, times in run["steps"].items()}
+        run["evals"] = {int(trial): {step: t for step, t in evals} for trial, evals in run["evals"].items()}
+        runs[run["pid"]] = run
     return runs
 
 
-def _has_timings(trial) -> bool:
-    return "setup_seconds" in trial.user_attrs and trial.datetime_complete is not None
+@dataclasses.dataclass
+class TrialTime:
+    """Where one trial's wall time (datetime_start to datetime_complete) went, in seconds."""
+
+    start: float  # ask (sampler), suggest, build and compile the model, trace the first step
+    steps: float  # training steps (patch sampling, the compiled step), the first one counted as a later one
+    evals: float  # whole-volume validation
+    reports: float  # after each evaluation: report, prune check
+    end: float  # after training: best weights, attributes, save the model, tell
+
+
+def trial_time(trial, steps: list[float], evals: dict[int, float]) -> TrialTime:
+    """Split a trial's wall time by the end times of its steps (`steps`, step 1 first) and evaluations (step -> time).
+
+    The interval between two step ends is that step's time; after an evaluation it also holds the
+    trial's report and prune check, so one typical step (the mean of the others) is counted as the
+    step and the rest as reports. The first step holds the tracing; one typical step of it is a step.
+    """
+    after_eval = [steps[i] - evals[i] for i in range(1, len(steps)) if i in evals]  # step i+1 after step i's evaluation
+    plain = [steps[i] - steps[i - 1] for i in range(1, len(steps)) if i not in evals]
+    typical = statistics.fmean(plain or after_eval) if plain or after_eval else 0.0
+    last = max([steps[-1], *evals.values()])
+    return TrialTime(
+        start=steps[0] - trial.datetime_start.timestamp() - typical,
+        steps=typical + sum(plain) + typical * len(after_eval),
+        evals=sum(t - steps[step - 1] for step, t in evals.items()),
+        reports=sum(after_eval) - typical * len(after_eval),
+        end=trial.datetime_complete.timestamp() - last,
+    )
 
 
 def first_step_parts(launch: Launch) -> dict[str, float]:
     """Seconds from the launch to the end of the first training step of the first trial, by part."""
     first = min(launch.trials, key=lambda t: t.datetime_start)
-    if not _has_timings(first):
-        raise SystemExit(f"the first trial ({first.number}, {first.state.name}) has no timing attributes; see {launch.folder}")
     run = launch.runs[first.user_attrs["worker_pid"]]
-    seconds = first.user_attrs
+    steps = run["steps"].get(first.number)
+    if not steps:
+        raise SystemExit(f"the first trial ({first.number}, {first.state.name}) ran no training step; see {launch.folder}")
     worker_started = run["started"] if run.get("started") is not None else run["entered"]
     trial_started = first.datetime_start.timestamp()
     return {
@@ -197,10 +328,8 @@ def first_step_parts(launch: Launch) -> dict[str, float]:
         "worker: Python, imports, open the storage": run["entered"] - worker_started,
         TF_IMPORT: run["tensorflow_imported"] - run["entered"],
         "Keras and training-core import": run["keras_imported"] - run["tensorflow_imported"],
-        "load the dataset": run["data_loaded"] - run["keras_imported"],
-        "open the study, ask (sampler), suggest": trial_started - run["data_loaded"] + seconds["ask_seconds"] + seconds["prepare_seconds"],
-        "build and compile the model": seconds["setup_seconds"] - seconds["first_step_seconds"],
-        "first training step (tracing + step)": seconds["first_step_seconds"],
+        "load the dataset, open the study": trial_started - run["keras_imported"],
+        "ask (sampler), suggest, build and compile the model, first step": steps[0] - trial_started,
     }
 
 
@@ -208,64 +337,43 @@ OVERHEAD_PARTS = (
     "worker start: Python, imports, open the storage",
     TF_IMPORT,
     "Keras and training-core import",
-    "load the dataset",
-    "ask: create the trial, sampler",
-    "prepare: surplus check, suggest",
-    "build and compile the model",
-    "trace the training step",
-    "callbacks in training: progress, report, prune, best weights",
-    "save the model artifact",
-    "record the timings, tell (storage)",
-    "trials without timings: failed, surplus",
-    "open the study, checks before the first trial",
+    "load the dataset, open the study, checks before the first trial",
+    "ask (sampler), suggest, build and compile, trace the first step",
+    "report and prune check after each evaluation",
+    "after training: best weights, attributes, save the model, tell",
+    "trials that did not train: failed, surplus",
     "between trials: checks, gc, waiting; exit",
 )
 
 
-def worker_time(launch: Launch, steps: int) -> tuple[float, float, dict[str, float]]:
+def worker_time(launch: Launch) -> tuple[float, float, dict[str, float]]:
     """(wall, inside, overhead by part) in seconds, summed over the launch's worker processes."""
     wall = inside = 0.0
     parts = dict.fromkeys(OVERHEAD_PARTS, 0.0)
     for pid, run in launch.runs.items():
-        if "exited" not in run:
-            raise SystemExit(f"worker {run['worker']} (pid {pid}) logged no exit; see {launch.folder / 'logs'}")
         started = run["started"] if run.get("started") is not None else run["entered"]
         run_wall = run["exited"] - started
-        accounted = 0.0
         parts["worker start: Python, imports, open the storage"] += run["entered"] - started
         parts[TF_IMPORT] += run["tensorflow_imported"] - run["entered"]
         parts["Keras and training-core import"] += run["keras_imported"] - run["tensorflow_imported"]
-        parts["load the dataset"] += run["data_loaded"] - run["keras_imported"]
-        accounted += run["data_loaded"] - started
+        accounted = run["keras_imported"] - started
         mine = [t for t in launch.trials if t.user_attrs.get("worker_pid") == pid and t.datetime_complete is not None]
         if mine:
-            opened = min(t.datetime_start.timestamp() for t in mine) - run["data_loaded"]
-            parts["open the study, checks before the first trial"] += opened
+            opened = min(t.datetime_start.timestamp() for t in mine) - run["keras_imported"]
+            parts["load the dataset, open the study, checks before the first trial"] += opened
             accounted += opened
         for trial in mine:
             trial_wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
             accounted += trial_wall
-            if not _has_timings(trial):
-                parts["trials without timings: failed, surplus"] += trial_wall
+            steps = run["steps"].get(trial.number)
+            if not steps:
+                parts["trials that did not train: failed, surplus"] += trial_wall
                 continue
-            s = trial.user_attrs
-            # A pruned trial stopped at its last report; a complete one ran all the steps.
-            ran = steps if trial.state.name == "COMPLETE" else max(trial.intermediate_values, default=steps)
-            # The first call is a step too: count one later step's time of it as inside, the rest as tracing.
-            one_step = s["step_seconds"] / (ran - 1) if ran > 1 else 0.0
-            inside += s["step_seconds"] + s["eval_seconds"] + one_step
-            save = s.get("save_seconds", 0.0)
-            parts["ask: create the trial, sampler"] += s["ask_seconds"]
-            parts["prepare: surplus check, suggest"] += s["prepare_seconds"]
-            parts["build and compile the model"] += s["setup_seconds"] - s["first_step_seconds"]
-            parts["trace the training step"] += s["first_step_seconds"] - one_step
-            parts["callbacks in training: progress, report, prune, best weights"] += (
-                s["train_seconds"] - s["setup_seconds"] - s["step_seconds"] - s["eval_seconds"]
-            )
-            parts["save the model artifact"] += save
-            parts["record the timings, tell (storage)"] += (
-                trial_wall - s["ask_seconds"] - s["prepare_seconds"] - s["train_seconds"] - save
-            )
+            split = trial_time(trial, steps, run["evals"].get(trial.number, {}))
+            inside += split.steps + split.evals
+            parts["ask (sampler), suggest, build and compile, trace the first step"] += split.start
+            parts["report and prune check after each evaluation"] += split.reports
+            parts["after training: best weights, attributes, save the model, tell"] += split.end
         parts["between trials: checks, gc, waiting; exit"] += run_wall - accounted
         wall += run_wall
     return wall, inside, parts
@@ -278,8 +386,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:
+        return launch_main(argv[1:])
+    if argv[:1] == ["worker"]:
+        return worker_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", type=Path, default=ROOT / "studies" / "quickstart.yaml", help="study file to copy")
+    parser.add_argument("--study", type=Path, default=QUICKSTART, help="study file to copy")
     parser.add_argument("--trials", type=int, default=6, help="COMPLETE trials per launch (default 6)")
     parser.add_argument("--workers", default="1,2", help="worker counts to launch, comma-separated (default 1,2)")
     parser.add_argument("--repeats", type=int, default=1, help="launches per worker count (default 1)")
@@ -290,7 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = [int(part) for part in args.workers.split(",")]
     args.study = args.study.resolve()
-    steps = load_study(args.study).training["steps"]
 
     folder = Path(tempfile.mkdtemp(prefix="hpsearch-service-"))
     busy_before = busy_share()
@@ -300,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     launches: dict[int, list[Launch]] = {n: [] for n in counts}
     for repeat in range(args.repeats):
         for n in counts:
-            print(f"launch --workers {n} --trials {args.trials} (repeat {repeat + 1} of {args.repeats}) ...", file=sys.stderr, flush=True)
+            print(f"launch: {n} worker(s), {args.trials} trials (repeat {repeat + 1} of {args.repeats}) ...", file=sys.stderr, flush=True)
             launches[n].append(
                 run_launch(args.study, data_path, folder / f"w{n}-r{repeat}", workers=n, trials=args.trials, pruner=not args.no_pruner)
             )
@@ -315,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         print("**The cores were busy: times are pessimistic and the 2-vs-1 ratio is not meaningful.**")
 
     columns = [f"workers={n}" for n in counts]
-    print("\n## 1. `hpsearch launch` to the first training step (warm; seconds, mean over launches)\n")
+    print("\n## 1. Launch to the first training step (warm; seconds, mean over launches)\n")
     parts = {n: [first_step_parts(launch) for launch in launches[n]] for n in counts}
     names = list(parts[counts[0]][0])
     rows = [[name] + [f"{statistics.mean(p[name] for p in parts[n]):.2f}" for n in counts] for name in names]
@@ -330,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = inside = 0.0
         overhead = dict.fromkeys(OVERHEAD_PARTS, 0.0)
         for launch in launches[n]:
-            w, i, o = worker_time(launch, steps)
+            w, i, o = worker_time(launch)
             wall, inside = wall + w, inside + i
             for name in o:
                 overhead[name] += o[name]
