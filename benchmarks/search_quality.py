@@ -1,6 +1,6 @@
 """Search quality at equal compute: the paper's scheme against pruning, random search and TPE.
 
-Every search trains on the same study data (studies/quickstart.yaml by default) with the real
+Every search trains on the same study data (the packaged hpsearch/studies/quickstart.yaml by default) with the real
 hpsearch objective, in an in-memory Optuna study, and stops once it has spent its budget of
 `--trials` × the study's steps training steps (a pruned trial costs the steps it ran). All
 searches begin with the study's start point, so they differ only in what they do next. The
@@ -332,7 +332,7 @@ def write_figure(searches: list[dict], methods: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", default=str(ROOT / "studies/quickstart.yaml"), help="study file whose data, training and search space to use")
+    parser.add_argument("--study", default=str(ROOT / "hpsearch/studies/quickstart.yaml"), help="study file whose data, training and search space to use")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=3, help="searches per method, with study seeds 0, 1, ...")
     parser.add_argument("--trials", type=int, default=16, help="budget: this many full trials' training steps per search")
