@@ -39,6 +39,15 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def study_config(study_file: str):
+    """The study file's definition; the packaged quick-start template is used from the checkout's studies/
+    (its data in data/quickstart), as `hpsearch launch` uses it."""
+    from hpsearch.config import load_study
+
+    template = ROOT / "hpsearch" / "studies"
+    return load_study(study_file, home=ROOT / "studies" if Path(study_file).parent == template else None)
 sys.path.insert(0, str(ROOT))
 
 # method name -> (sampler section, pruner section) of a study file
@@ -91,14 +100,14 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
     from optuna.trial import TrialState
 
-    from hpsearch.config import PRUNERS, load_study
+    from hpsearch.config import PRUNERS
     from hpsearch.objective import Objective
     from hpsearch.vocabulary import MODEL_ARTIFACT_ATTR
     from hpsearch.worker import load_data
     from model.run import load_run
 
     sampler, pruner = METHODS[method]
-    config = load_study(study_file)
+    config = study_config(study_file)
     steps = config.training["steps"]
     if pruner is not None and "n_warmup_steps" in inspect.signature(getattr(optuna.pruners, PRUNERS[pruner["name"]])).parameters:
         # Unless the method says otherwise, a pruner with a warm-up (median, percentile, threshold)
@@ -151,11 +160,10 @@ def retrain(study_file: str, params: dict, seed: int) -> dict:
     seed `seed` and the study's training settings; returns the final validation IoU (the
     objective's measure) and the test IoU of the model it keeps (its best validation weights,
     as `hpsearch train` and the search's stored models keep)."""
-    from hpsearch.config import load_study
     from hpsearch.worker import load_data
     from model.training import train
 
-    config = load_study(study_file)
+    config = study_config(study_file)
     started = time.perf_counter()
     train_config = dataclasses.replace(config.train_config(0), seed=seed)
     result = train(config.hyperparameters(params), load_data(config), train_config)
@@ -332,7 +340,8 @@ def write_figure(searches: list[dict], methods: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study", default=str(ROOT / "hpsearch/studies/quickstart.yaml"), help="study file whose data, training and search space to use")
+    parser.add_argument("--study", default=str(ROOT / "hpsearch/studies/quickstart.yaml"),
+                        help="study file whose data, training and search space to use (default: the quick-start template, used from studies/)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=3, help="searches per method, with study seeds 0, 1, ...")
     parser.add_argument("--trials", type=int, default=16, help="budget: this many full trials' training steps per search")
@@ -388,9 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 # Written after every search: hours of results survive an interrupted run.
                 write_records(out, args, others + searches, retrains)
 
-    from hpsearch.config import load_study  # no TensorFlow import: the pools' workers load it
-
-    study = load_study(args.study)
+    study = study_config(args.study)  # no TensorFlow import: the pools' workers load it
     start = {name: study.start[name] for name in study.search_space}
     winners = [winner_at(s, share) for s in searches for share in RETRAIN_AT]
     configurations = [start] + [w for w in winners if w is not None]

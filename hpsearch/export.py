@@ -23,8 +23,6 @@ from pathlib import Path
 
 import optuna
 import yaml
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
 
 from model import TABLE1_NAMES, Hyperparameters, format_number
 from hpsearch.config import StudyConfig
