@@ -346,8 +346,11 @@ def _open_journal(path: Path) -> JournalStorage:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # JournalFileOpenLock (O_EXCL lock file) instead of the default JournalFileSymlinkLock:
-        # it also works where symlinks need privileges (Windows) and on NFSv3+.
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        # it also works where symlinks need privileges (Windows) and on NFSv3+. SafeJournalFileBackend
+        # sets a torn last record aside on open and undoes a failed append (hpsearch/journal.py).
+        from hpsearch.journal import SafeJournalFileBackend
+
+        backend = SafeJournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
         return JournalStorage(backend)
     except OSError as exc:
         raise UsageError(
