@@ -220,20 +220,18 @@ def _failure(path: Path, exc: OSError, *, journal: Path, intact: bool) -> str:
     reason = exc.strerror or str(exc)
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
-        fix = f"free space on the disk that holds {path.parent} (or raise your quota)"
+        fix = "free space on its disk (or raise your quota)"
     elif code == errno.EFBIG:
-        fix = f"raise the file-size limit (ulimit -f) or move {journal} to a file system that allows larger files"
+        fix = "raise the file-size limit (ulimit -f) or move the journal to a file system that allows larger files"
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"make {path} and its folder writable"
+        fix = "make it and its folder writable"
     else:
-        fix = f"check the disk that holds {path} (e.g. dmesg)"
+        fix = "check its disk (e.g. dmesg)"
+    name = "the journal" if path == journal else f"the journal {journal}"
     if intact:
-        state = f"the journal {journal} is unchanged"
+        state = f"{name} is unchanged"
     else:
-        state = (
-            f"the journal {journal} could not be cut back either, so it may end in a half-written record, "
-            "which the next hpsearch command sets aside"
-        )
+        state = f"{name} could not be cut back either, so it may end in a half-written record, which the next hpsearch command sets aside"
     return f"cannot write to {path} ({reason}): {fix}, then run the command again; {state}."
 
 

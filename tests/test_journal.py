@@ -336,8 +336,8 @@ def test_launch_on_a_full_disk_fails_in_one_line(tiny_tmpfs, tmp_path):
     )
     assert launch.returncode == 1, launch.stderr
     assert [line for line in launch.stderr.splitlines() if line.strip()] == [
-        f"hpsearch: error: cannot write to {journal} (No space left on device): free space on the disk that holds "
-        f"{tiny_tmpfs} (or raise your quota), then run the command again; the journal {journal} is unchanged."
+        f"hpsearch: error: cannot write to {journal} (No space left on device): free space on its disk "
+        "(or raise your quota), then run the command again; the journal is unchanged."
     ]
     assert journal.read_bytes() == before
 
