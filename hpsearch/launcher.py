@@ -6,6 +6,11 @@ hyperparameters. On Ctrl-C or SIGTERM it stops the workers within seconds and ma
 running trials FAIL ("interrupted"), re-queued for the next `launch`. No trial is left RUNNING
 by a launcher that has exited. A worker that refuses its input (exit code 2: the dataset, the
 trial model folder ...) is not restarted; its own error sentence becomes the launcher's.
+
+It also watches: a worker that reports nothing for the stall timeout ($HPSEARCH_STALL_TIMEOUT)
+is killed and handled as one that died; trials whose worker is gone (an earlier launch killed
+with its workers) are failed and re-queued (hpsearch.liveness); once the study holds its target,
+workers still running are stopped.
 """
 
 from __future__ import annotations
@@ -25,12 +30,18 @@ from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
 from hpsearch.errors import HpsearchError, UsageError
+from hpsearch.liveness import fail_orphaned_trials, requeue_interrupted
 from hpsearch.storage import DEFAULT_ENV, mark_running_trials_failed, retry_trial
-from hpsearch.vocabulary import CONFIG_ATTR, FAIL_REASON_ATTR, RETRY_OF_ATTR, TARGET_ATTR, WORKER_PID_ATTR, counts
+from hpsearch.vocabulary import CONFIG_ATTR, TARGET_ATTR, WORKER_PID_ATTR, counts
 
 MAX_RESTARTS = 3  # per worker slot
 STOP_GRACE_SECONDS = 8.0  # SIGTERM, then SIGKILL after this long
 POLL_SECONDS = 0.5
+CHECK_SECONDS = 5.0  # how often the launcher looks for stalled workers and orphaned trials
+STALL_ENV = "HPSEARCH_STALL_TIMEOUT"
+DEFAULT_STALL_SECONDS = 1800.0
+"""A worker that reports nothing for this long is killed and its trial re-queued: longer than
+loading data, the first trace and one evaluation of a paper-scale trial on a CPU."""
 # Parts of a definition that make trials comparable; a resumed study must keep them.
 _FIXED_PARTS = ("data", "training", "start", "search_space")
 
@@ -70,12 +81,20 @@ class WorkerSlot:
     finished: bool = False  # exited 0: the study reached its target
     gave_up: str | None = None  # why this slot is no longer restarted
     bad_input: bool = False  # it exited with code 2: gave_up is its error sentence
+    started_at: float = 0.0  # when the current process started, seconds since the epoch
 
     def status(self) -> dict:
         try:
             return json.loads(self.status_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+
+    def last_progress(self) -> float:
+        """When the worker last reported (its status file written), else when it started; seconds since the epoch."""
+        try:
+            return max(self.status_path.stat().st_mtime, self.started_at)
+        except OSError:
+            return self.started_at
 
 
 class Launcher:
@@ -90,10 +109,14 @@ class Launcher:
         threads: CPU threads per worker (None: TensorFlow's default).
         artifacts: folder of the trial model store.
         log_dir: where each worker's output goes.
+        stall_seconds: a worker silent this long is killed (default: stall_timeout()).
     """
 
-    def __init__(self, config, storage_url, storage, *, target, gpus, threads, artifacts, log_dir) -> None:
+    def __init__(self, config, storage_url, storage, *, target, gpus, threads, artifacts, log_dir,
+                 stall_seconds: float | None = None) -> None:
         self.config = config
+        self.stall_seconds = stall_timeout() if stall_seconds is None else stall_seconds
+        self._checked_at = 0.0
         self.storage_url = storage_url
         self.storage = storage
         self.target = target
@@ -129,6 +152,7 @@ class Launcher:
             log.flush()
             # Its own session: a terminal's Ctrl-C reaches the launcher only, which stops workers in order.
             slot.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        slot.started_at = time.time()
         self._pids.add(slot.process.pid)
 
     def _reap(self, slot: WorkerSlot) -> None:
@@ -188,18 +212,35 @@ class Launcher:
         return pids
 
     def _requeue_interrupted(self) -> None:
-        """Trials our workers ended as 'interrupted' themselves are re-queued once, for the next launch."""
+        """Trials our workers ended as interrupted are re-queued once, for the next launch (if the worker did not)."""
+        requeue_interrupted(optuna.load_study(study_name=self.config.name, storage=self.storage), self._pids)
+
+    def _watch(self) -> None:
+        """Kill workers that made no progress for `stall_seconds`; stop them all once the target is reached."""
+        now = time.time()
+        if now - self._checked_at < CHECK_SECONDS:
+            return
+        self._checked_at = now
         study = optuna.load_study(study_name=self.config.name, storage=self.storage)
-        trials = study.get_trials(deepcopy=False)
-        requeued = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials}
-        for trial in trials:
-            if (
-                trial.state == TrialState.FAIL
-                and trial.user_attrs.get(FAIL_REASON_ATTR) == "interrupted"
-                and trial.user_attrs.get(WORKER_PID_ATTR) in self._pids
-                and trial.number not in requeued
-            ):
-                retry_trial(study, trial)
+        fail_orphaned_trials(study)  # a dead worker of an earlier launch, or of a standalone `hpsearch worker`
+        alive = [slot for slot in self.slots if slot.process is not None and slot.process.poll() is None]
+        if alive and counts(study)[0] >= self.target:
+            pids = self._end_workers()
+            reason = "the study reached its target while this worker was still running"
+            for pid in pids:
+                numbers = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                           if t.user_attrs.get(WORKER_PID_ATTR) == pid]
+                mark_running_trials_failed(self.storage, self.config.name, reason=reason, trial_numbers=numbers)
+            for slot in alive:
+                slot.finished = True
+            self.events.append(f"the study reached {self.target} complete trials; stopped {len(alive)} remaining worker(s)")
+            return
+        for slot in alive:
+            quiet = now - slot.last_progress()
+            if quiet > self.stall_seconds:
+                self.events.append(f"worker w{slot.index} (pid {slot.process.pid}) made no progress for {quiet:.0f} s "
+                                   f"(stall timeout {self.stall_seconds:.0f} s); killed")
+                _signal(slot.process, signal.SIGKILL)  # SIGKILL also ends a stopped (SIGSTOP) or hung process
 
     # ---- the loop
 
@@ -212,12 +253,15 @@ class Launcher:
 
         signal.signal(signal.SIGTERM, on_signal)
         try:
+            # Trials left RUNNING by a launch that was killed with its workers: failed and re-queued first.
+            fail_orphaned_trials(optuna.load_study(study_name=self.config.name, storage=self.storage))
             for slot in self.slots:
                 self._start(slot)
             while True:
                 for slot in self.slots:
                     if slot.process is not None and slot.process.poll() is not None:
                         self._reap(slot)
+                self._watch()
                 if display is not None:
                     display(self)
                 if all(slot.process is None for slot in self.slots):
@@ -252,6 +296,21 @@ class Launcher:
             self._status_dir.rmdir()
         except OSError:
             pass
+
+
+def stall_timeout() -> float:
+    """Seconds of silence after which a worker counts as hung: $HPSEARCH_STALL_TIMEOUT, else 1800."""
+    text = os.environ.get(STALL_ENV, "").strip()
+    if not text:
+        return DEFAULT_STALL_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise UsageError(f"${STALL_ENV}={text!r} is not a number of seconds > 0; set it to e.g. "
+                         f"{DEFAULT_STALL_SECONDS:.0f}, or unset it.")
+    return seconds
 
 
 def last_error(log_path: Path) -> str | None:

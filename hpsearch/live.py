@@ -30,6 +30,7 @@ class LiveView:
         self._summary = {"complete": 0, "failed": 0, "best": None}
         self._read_at = 0.0
         self._last_line = ""
+        self._events_printed = 0  # launcher events already printed (when not on a terminal)
 
     def __enter__(self) -> LiveView:
         if self._live is not None:
@@ -80,7 +81,10 @@ class LiveView:
         if self._live is not None:
             self._live.update(Group(header, table, *events, footer))
             return
-        # Not a terminal (CI, a log file): print a line when something changed.
+        # Not a terminal (CI, a log file): print each new event, and a line when something changed.
+        for event in launcher.events[self._events_printed:]:
+            stderr.print(event, soft_wrap=True)
+        self._events_printed = len(launcher.events)
         line = f"{summary['complete']}/{self.target} complete; {best_text}; " + "; ".join(lines)
         if line != self._last_line:
             stderr.print(line, soft_wrap=True)

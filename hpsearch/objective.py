@@ -23,12 +23,14 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
+from hpsearch.liveness import INTERRUPTED, owner_record
 from hpsearch.vocabulary import (
     BEST_ATTR,
     BEST_STEP_ATTR,
     FAIL_REASON_ATTR,
     MODEL_ARTIFACT_ATTR,
     MODEL_ERROR_ATTR,
+    OWNER_ATTR,
     PER_CLASS_ATTR,
     TRAIN_SECONDS_ATTR,
     TRAIN_SEED_ATTR,
@@ -96,11 +98,12 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, self.worker)
         trial.set_user_attr(WORKER_PID_ATTR, os.getpid())
+        trial.set_user_attr(OWNER_ATTR, owner_record())
         try:
             self._refuse_surplus(trial)
             return self._run(trial)
         except KeyboardInterrupt:
-            trial.set_user_attr(FAIL_REASON_ATTR, "interrupted")
+            trial.set_user_attr(FAIL_REASON_ATTR, INTERRUPTED)
             raise
         except optuna.TrialPruned:
             raise

@@ -24,6 +24,7 @@ RETRY_OF_ATTR = "retry_of"  # the number of the failed trial this one re-runs
 FAIL_REASON_ATTR = "fail_reason"  # one line: why the trial is FAIL
 WORKER_ATTR = "worker"  # 'host/w0': who ran the trial
 WORKER_PID_ATTR = "worker_pid"
+OWNER_ATTR = "worker_owner"  # {"host", "pid", "started"}: tells a live worker from a dead one on a journal
 TRAIN_SEED_ATTR = "train_seed"  # seeds the trial's initialisation, training blocks and dropout masks
 PER_CLASS_ATTR = "per_class_iou"  # {class name: validation IoU} at the best step
 BEST_ATTR = "best_validation_iou"

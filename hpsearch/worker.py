@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from hpsearch.config import StudyConfig
 from hpsearch.errors import UsageError
 from hpsearch.objective import Objective, worker_name
+from hpsearch.liveness import fail_orphaned_trials, requeue_interrupted
 from hpsearch.storage import fail_stale_trials
 from hpsearch.vocabulary import CONFIG_ATTR, FAIL_REASON_ATTR, counts
 
@@ -69,7 +70,8 @@ class _QuietSurplus(logging.Filter):
 
 
 def _interrupt(signum, frame):
-    # SIGTERM from the launcher ends the running trial like Ctrl-C: Optuna marks it FAIL.
+    # SIGTERM (the launcher, docker stop, Slurm preemption, Kubernetes eviction) ends the running
+    # trial like Ctrl-C: Optuna marks it FAIL, and run_worker re-queues it.
     raise KeyboardInterrupt
 
 
@@ -134,8 +136,9 @@ def run_worker(
 
     while True:
         # Optuna fails stale trials only when a trial starts; a waiting worker must do it too,
-        # or a trial of a dead worker on another machine would keep it waiting forever.
+        # or a trial of a dead worker would keep it waiting forever.
         fail_stale_trials(study)
+        fail_orphaned_trials(study)
         complete, running = counts(study)
         if complete >= target:
             status.update(force=True, state="done")
@@ -144,7 +147,16 @@ def run_worker(
             status.update(state="waiting for other workers")
             time.sleep(WAIT_SECONDS)
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[after_trial], gc_after_trial=True)
+        except KeyboardInterrupt:
+            # Stopped from outside: the trial keeps its hyperparameters for the next worker.
+            requeued = requeue_interrupted(study, {os.getpid()})
+            status.update(force=True, state="interrupted")
+            if requeued:
+                print(f"hpsearch worker {name}: stopped; trial {requeued[0]} re-queued with the same hyperparameters.",
+                      file=sys.stderr, flush=True)
+            raise
         if failures >= MAX_CONSECUTIVE_FAILURES:
             status.update(force=True, state="stopped: trials keep failing")
             print(

@@ -41,10 +41,11 @@ def test_help_lists_the_environment_variables_the_code_reads():
     for name in ("HPSEARCH_STORAGE", "HPSEARCH_DEBUG", "HPSEARCH_HEARTBEAT_INTERVAL", "HPSEARCH_HEARTBEAT_GRACE",
                  "KERAS_BACKEND"):
         assert name in text, name
-    from hpsearch import storage
+    from hpsearch import launcher, storage
 
-    # The names in the help are the ones the storage module reads.
-    assert {storage.DEFAULT_ENV, storage.HEARTBEAT_INTERVAL_ENV, storage.HEARTBEAT_GRACE_ENV} <= set(text.split())
+    # The names in the help are the ones the storage module and the launcher read.
+    read = {storage.DEFAULT_ENV, storage.HEARTBEAT_INTERVAL_ENV, storage.HEARTBEAT_GRACE_ENV, launcher.STALL_ENV}
+    assert read <= set(text.split())
 
 
 def test_worker_help_shows_study_as_required_and_refuses_without_it(capsys):

@@ -29,6 +29,7 @@ environment variables:
   HPSEARCH_DEBUG=1             show the traceback behind an error message
   HPSEARCH_HEARTBEAT_INTERVAL  seconds between a PostgreSQL worker's heartbeats (default 60)
   HPSEARCH_HEARTBEAT_GRACE     seconds without a heartbeat before a trial counts as dead (default 3 x interval)
+  HPSEARCH_STALL_TIMEOUT       seconds a launched worker may report nothing before it is killed (default 1800)
   KERAS_BACKEND                tensorflow (default) or jax
   CUDA_VISIBLE_DEVICES         the GPUs hpsearch may use
 
