@@ -1,7 +1,8 @@
 """Training-step efficiency of the paper's U-Net, the factorized block against the full 3×3×3 block, the
-network's internal axis order (zxy, the default, against plain Conv3D layers in xyz, and against zxy
-with only the xy planes as 2D convolutions, the network before), its dropout (hpsearch's BitsDropout,
-the default, against Keras's Dropout), and whole-volume inference.
+network's internal axis order (zxy, hpsearch's, against plain Conv3D layers in xyz from
+tests/reference_unet.py, and against zxy with only the xy planes as 2D convolutions, the network
+before), its dropout (hpsearch's BitsDropout, the default, against Keras's Dropout), and whole-volume
+inference.
 
 Efficiency = model FLOP/s of one training step (convolution FLOPs counted from the layer shapes;
 forward + backward ≈ 3 × forward) ÷ the FLOP/s of a large float32 matrix product in the same
@@ -23,9 +24,14 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 from unittest import mock
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # reference_unet: the plain-Conv3D network
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import model  # noqa: E402, F401  (before Keras: it chooses TensorFlow's CPU allocator)
@@ -39,6 +45,7 @@ from model.inference import inference_model, predict_labels  # noqa: E402
 from model.params import Hyperparameters  # noqa: E402
 from model.training import compiled_unet  # noqa: E402
 from model.unet import SliceConv3D, build_unet  # noqa: E402
+from reference_unet import build_reference_unet  # noqa: E402
 
 # The "zxy-xy" layout: the (z, x, y) network as it was before its xz and yz planes ran as 2D
 # convolutions too; those stay Conv3D layers with flat kernels. The same network and weights.
@@ -51,12 +58,22 @@ def _xy_planes_only(filters, kernel_size, **kwargs):
     return conv(filters, kernel_size, **kwargs)
 
 
-def build_variant(layout: str, build, *args, **kwargs):
-    """`build(*args, layout=..., **kwargs)`, where `layout` may also be XY_PLANES_ONLY."""
-    if layout != XY_PLANES_ONLY:
-        return build(*args, layout=layout, **kwargs)
+def _build_xy_planes_only(**kwargs) -> keras.Model:
+    """build_unet's network with only the planes flat in z as SliceConv3D."""
     with mock.patch("model.unet.SliceConv3D", _xy_planes_only):
-        return build(*args, layout="zxy", **kwargs)
+        return build_unet(**kwargs)
+
+
+# layout -> a network builder with build_unet's arguments
+BUILDERS = {"zxy": build_unet, "xyz": build_reference_unet, XY_PLANES_ONLY: _build_xy_planes_only}
+
+
+def build_variant(layout: str, build, *args, **kwargs):
+    """`build(*args, **kwargs)`, build_unet or compiled_unet, with the network of `layout` (a key of BUILDERS)."""
+    if build is build_unet:
+        return BUILDERS[layout](*args, **kwargs)
+    with mock.patch("model.training.build_unet", BUILDERS[layout]):
+        return build(*args, **kwargs)
 
 
 def conv_flops(model: keras.Model) -> float:
@@ -146,7 +163,7 @@ def step_timings(
         config = TrainConfig(patch_shape=patch, batch_size=batch, block=block)
         # "keras": the network as it was before BitsDropout, with Keras's own Dropout layers.
         layer = BitsDropout if dropout == "bits" else keras.layers.Dropout
-        with mock.patch("model.unet.BitsDropout", layer):
+        with mock.patch("model.unet.BitsDropout", layer), mock.patch("reference_unet.BitsDropout", layer):
             params = Hyperparameters(channels=channels, keep_prob=1.0 if dropout == "none" else 0.85)
             models[key] = build_variant(layout, compiled_unet, params, config, in_channels=1, num_classes=2, spatial_shape=patch)
         for _ in range(3):  # tracing and warm-up

@@ -1,16 +1,14 @@
 """Dropout with a cheaper random mask on TensorFlow: 16 random bits per value, not a float32 uniform.
 
-Keras's Dropout on TensorFlow draws one float32 uniform per value (Philox, then a conversion),
-compares, casts and multiplies twice. On a 2-core CPU that took 26–28 % of the paper's training
-step (benchmarks/README.md, "Dropout with 16 random bits"). `BitsDropout` draws 32-bit words and
-reads each as two 16-bit numbers, so the generator runs half as often, and it keeps or drops with
-one select: the step is 7–12 % faster. A value is dropped when its 16 bits are below round(rate ·
-2¹⁶), so the drop probability is that threshold ÷ 2¹⁶: the requested rate to within 2⁻¹⁷ (keep
-probability 0.85 becomes 0.850006). Kept values are scaled by 1 ÷ the exact keep probability, so
-the expected output equals the input, as with Keras's.
+Keras's Dropout on TensorFlow draws one float32 uniform per value, then compares, casts and
+multiplies twice. `BitsDropout` draws 32-bit words and reads each as two 16-bit numbers, so the
+generator runs half as often, and keeps or drops with one select. A value is dropped when its 16
+bits are below round(rate · 2¹⁶), so the drop probability is that threshold ÷ 2¹⁶: the requested
+rate to within 2⁻¹⁷ (keep probability 0.85 becomes 0.850006). Kept values are scaled by 1 ÷ the
+exact keep probability, so the expected output equals the input, as with Keras's.
 
-Where TensorFlow has a GPU, and on other backends (JAX), Keras's own dropout runs: the gain was
-measured on CPUs only. The weights and configuration are those of keras.layers.Dropout.
+Where TensorFlow has a GPU, and on other backends (JAX), Keras's own dropout runs, since the
+cheaper mask pays off on CPUs. The weights and configuration are those of keras.layers.Dropout.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Whole-volume inference of any size: pad to a multiple of 2**depth, predict with dropout off, crop back.
 
-Inference runs in float32 unless asked for bfloat16 (`inference_model`): on a CPU with bfloat16
-units (a Zen 4 EPYC, AVX-512 BF16) that halved the time of a whole volume, at the cost of
-bfloat16's rounding in the probabilities; on other machines it may not be faster
-(benchmarks/README.md, "Inference in bfloat16").
+Inference runs in float32 unless asked for bfloat16 (`inference_model`), which is faster on
+hardware with bfloat16 units (`bfloat16_is_native`), at the cost of bfloat16's rounding in the
+probabilities.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ def predict_probabilities(model, image: np.ndarray, *, depth: int) -> np.ndarray
     """Softmax probabilities float32 (X, Y, Z, K) for a normalised image (X, Y, Z, C) of any size."""
     padded, crop = pad_to_multiple(image, 2**depth)
     # predict_on_batch runs with dropout off through Keras's compiled predict function (traced
-    # once, shapes relaxed after a few sizes): about a fifth faster than an eager call on CPU.
+    # once, shapes relaxed after a few sizes), which is faster than an eager call.
     output = model.predict_on_batch(padded[np.newaxis])
     return np.asarray(output)[0][crop]
 

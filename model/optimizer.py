@@ -1,88 +1,91 @@
-"""Adam whose update on TensorFlow is one fused operation per variable.
+"""Adam that updates each variable with one fused operation on TensorFlow.
 
-Keras's Adam writes its update of each variable as about a dozen TensorFlow operations; with the
-U-Net's 64 variables a quick-start trial traced 3,680 operations into its training function, and
-2,400 with FusedAdam. The first step, which traces, took 3.1 s with Keras's Adam and 2.2 s with
-FusedAdam on 2 CPU cores (benchmarks/README.md, "FusedAdam, and the reference product timed
-between the steps").
-`FusedAdam` runs TensorFlow's ResourceApplyAdam kernel instead, which does the same arithmetic in
-one operation:
+`FusedAdam` is keras.optimizers.Adam (without amsgrad) written on Keras's public optimizer API:
+`build` creates Adam's slots, a momentum and a velocity per variable, in Adam's order and with
+Adam's names, so saved optimizer state is interchangeable; `update_step` runs TensorFlow's
+ResourceApplyAdam kernel, which computes in one operation
 
     lr_t = learning_rate · √(1 − β2^t) / (1 − β1^t)
     m ← m + (1 − β1)(g − m);   v ← v + (1 − β2)(g² − v);   w ← w − lr_t · m / (√v + ε)
 
-with t the step counted from 1, as Keras's Adam does; the two differ only in the order of
-floating-point operations. On other backends (JAX), with amsgrad and for sparse gradients, Keras's
-own update runs. Configuration, slots and saved state are those of keras.optimizers.Adam.
-
-It also builds the scalars that every variable's update shares once per step, and clips by global
-norm with one L2Loss per gradient instead of a square and a sum. With model/regularizers.py's L2,
-a quick-start trial's training function holds 2,889 graph operations instead of 3,964 and its
-first step takes a quarter less time, with the same results bit for bit (benchmarks/README.md,
-"A shorter trace").
+with t the step counted from 1, as Keras's Adam does: the same arithmetic in another order. On
+other backends (JAX) the same formula runs as Keras's Adam writes it. One operation per variable
+instead of a dozen makes the training function quicker to trace, which is much of a short trial's
+start-up. Clipping, weight decay and the other keras.optimizers.Optimizer arguments are Keras's own.
 """
 
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="hpsearch")
-class FusedAdam(keras.optimizers.Adam):
-    """keras.optimizers.Adam, updating each variable with one ResourceApplyAdam on TensorFlow."""
+class FusedAdam(keras.optimizers.Optimizer):
+    """keras.optimizers.Adam's arguments and update; one ResourceApplyAdam per variable on TensorFlow."""
 
-    def _clip_gradients(self, grads):
-        # Keras's global-norm clip squares and sums each gradient in two operations (plus a constant);
-        # TensorFlow's L2Loss does it in one, and 2 · Σ (Σ g² / 2) is the same norm bit for bit.
-        # The rest is keras.src.optimizers.base_optimizer.clip_by_global_norm's arithmetic.
-        if keras.backend.backend() != "tensorflow" or self.clipnorm or not self.global_clipnorm:
-            return super()._clip_gradients(grads)
-        import tensorflow as tf
-        from keras import ops
+    def __init__(
+        self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, name="adam", **kwargs
+    ):
+        if amsgrad:
+            raise ValueError("FusedAdam has no amsgrad=True; use keras.optimizers.Adam(amsgrad=True) for it.")
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.fused = keras.backend.backend() == "tensorflow"  # False: Keras's Adam arithmetic, on any backend
+        self._step_scalars = None  # the current step's ResourceApplyAdam scalars, by dtype
 
-        halves = [tf.nn.l2_loss(g) for g in grads if g is not None]
-        norm = ops.sqrt(2.0 * ops.sum(ops.stack(halves)))
-        clip = self.global_clipnorm
-        # A finite norm gives the scale min(1, clip / norm); an infinite or NaN one makes it NaN.
-        scale = clip * ops.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
-        return [g * scale if g is not None else g for g in grads]
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        momentums, velocities, index = [], [], {}
+        for i, variable in enumerate(var_list):  # interleaved, as keras.optimizers.Adam creates them
+            momentums.append(self.add_variable_from_reference(variable, "momentum"))
+            velocities.append(self.add_variable_from_reference(variable, "velocity"))
+            index[self._slot_key(variable)] = i
+        self._momentums, self._velocities, self._slot_index = momentums, velocities, index
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # The scalars that every variable's update shares (β1^t, β2^t, ε, the learning rate) are
-        # built once per step and dtype, not once per variable: with the U-Net's 64 variables that
-        # is some 500 fewer operations to trace in each trial, for the same values.
-        self._shared_scalars = {}
+    def _slot_key(self, variable) -> int:
+        # On TensorFlow, update_step receives the tf.Variable inside each keras.Variable; both have
+        # the same resource handle. Elsewhere it receives the keras.Variable itself.
+        return id(variable.handle) if keras.backend.backend() == "tensorflow" else id(variable)
+
+    def _slots(self, variable):
+        index = self._slot_index.get(self._slot_key(variable))
+        if index is None:
+            raise ValueError(
+                f"FusedAdam was not built on variable {variable.name}; "
+                "build it on the model's variables, or use keras.optimizers.Adam under tf.distribute strategies."
+            )
+        return self._momentums[index], self._velocities[index]
+
+    def apply(self, grads, trainable_variables=None):
+        # The scalars every variable's update shares are built once per step, not once per variable.
+        self._step_scalars = {}
         try:
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return super().apply(grads, trainable_variables)
         finally:
-            self._shared_scalars = None
+            self._step_scalars = None
 
     def update_step(self, gradient, variable, learning_rate):
-        # The slots are read through Keras's Adam's own attributes (Keras 3.0 to 3.15 at least); a
-        # Keras without them gets its own update, and tests/test_optimizer.py fails to say so.
-        internals = all(hasattr(self, name) for name in ("_momentums", "_velocities", "_get_variable_index"))
-        if keras.backend.backend() != "tensorflow" or self.amsgrad or not internals:
-            return super().update_step(gradient, variable, learning_rate)
+        momentum, velocity = self._slots(variable)
+        if not self.fused:
+            return self._update_step_with_ops(gradient, variable, learning_rate, momentum, velocity)
         import tensorflow as tf
 
-        if isinstance(gradient, tf.IndexedSlices):  # the fused kernel takes dense gradients only
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        index = self._get_variable_index(variable)
+        dtype = tf.as_dtype(variable.dtype)
+        # ResourceApplyAdam takes dense gradients only; an IndexedSlices one becomes dense, as in Keras's Adam.
+        gradient = tf.cast(tf.convert_to_tensor(gradient), dtype)
         scalars = self._scalars(dtype, learning_rate)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle,
-            m=self._momentums[index].handle,
-            v=self._velocities[index].handle,
-            grad=tf.cast(gradient, dtype),
-            **scalars,
-        )
+        tf.raw_ops.ResourceApplyAdam(var=variable.handle, m=momentum.handle, v=velocity.handle, grad=gradient, **scalars)
 
     def _scalars(self, dtype, learning_rate) -> dict:
-        """ResourceApplyAdam's scalar inputs in `dtype` at this step; built once per step when called within one."""
+        """ResourceApplyAdam's scalar inputs in `dtype` at this step, reused within one `apply`."""
         import tensorflow as tf
 
-        shared = getattr(self, "_shared_scalars", None)
+        shared = self._step_scalars
         if shared is not None and dtype in shared:
             return shared[dtype]
         step = tf.cast(self.iterations + 1, dtype)
@@ -99,3 +102,20 @@ class FusedAdam(keras.optimizers.Adam):
         if shared is not None:
             shared[dtype] = scalars
         return scalars
+
+    def _update_step_with_ops(self, gradient, variable, learning_rate, m, v):
+        # keras.optimizers.Adam.update_step without amsgrad, operation for operation.
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, variable.dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon, "amsgrad": False})
+        return config

@@ -1,10 +1,9 @@
 """The L2 weight penalty with one TensorFlow operation per kernel, for a shorter trace.
 
 Keras's L2 computes weight · Σ w² as a square, a sum and a multiply, and its gradient as a
-reshape, a tile and two multiplies: with the U-Net's 32 kernels some 400 operations in every
-trial's training function. TensorFlow's L2Loss (Σ w² / 2, whose gradient is one multiply) gives
-the same value: Σ w² / 2 · 2 is exact in floating point, and so is the gradient's 2 · weight · w
-in either order (tests/test_regularizers.py). Other backends (JAX) run Keras's own.
+reshape, a tile and two multiplies. TensorFlow's L2Loss (Σ w² / 2, whose gradient is one
+multiply) gives the same value: Σ w² / 2 · 2 is exact in floating point, and so is the
+gradient's 2 · weight · w in either order. Other backends (JAX) run Keras's own.
 """
 
 from __future__ import annotations

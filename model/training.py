@@ -28,13 +28,20 @@ from model.unet import build_unet
 
 @dataclasses.dataclass
 class Evaluation:
-    """Validation IoU at one step: mean over foreground classes, per class (incl. background), per case."""
+    """Hard IoU (and Dice) at one step: mean over foreground classes, per class (incl. background), per case.
+
+    `iou`, `per_class` and `per_class_dice` pool the voxels of all cases; `per_case` is each case's
+    mean foreground IoU; `case_counts` holds each case's (num_classes, 2) intersection/union counts,
+    from which any per-case, per-class figure follows (model.metrics).
+    """
 
     step: int
     loss: float
     iou: float
     per_class: list[float]
     per_case: dict[str, float]
+    per_class_dice: list[float] = dataclasses.field(default_factory=list)
+    case_counts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
 
 @dataclasses.dataclass
@@ -59,11 +66,13 @@ def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: in
         iou=mean_foreground_iou(pooled),
         per_class=[float(v) for v in iou_from_counts(pooled)],
         per_case={name: mean_foreground_iou(c) for name, c in counts.items()},
+        per_class_dice=[float(v) for v in dice_from_counts(pooled)],
+        case_counts=counts,
     )
 
 
 def make_optimizer(params: Hyperparameters, clip: str) -> keras.optimizers.Optimizer:
-    """Adam with the paper's learning rate and betas, clipping gradients by norm (FusedAdam: model/optimizer.py)."""
+    """Adam (model/optimizer.py) with the paper's learning rate and betas, clipping by global or per-gradient norm."""
     clipping = {"global_clipnorm": params.clip_norm} if clip == "global" else {"clipnorm": params.clip_norm}
     return FusedAdam(
         learning_rate=params.learning_rate, beta_1=params.beta1, beta_2=params.beta2, **clipping
@@ -77,11 +86,10 @@ def compiled_unet(
     in_channels: int,
     num_classes: int,
     spatial_shape: tuple[int, int, int] | None = None,
-    layout: str = "zxy",
 ) -> keras.Model:
     """The U-Net of `params` and `config`, compiled with Adam and the loss, ready for train_on_batch.
 
-    `spatial_shape` fixes the input size (X, Y, Z); None accepts any size. `layout` is build_unet's.
+    `spatial_shape` fixes the input size (X, Y, Z); None accepts any size.
     """
     model = build_unet(
         in_channels=in_channels,
@@ -92,12 +100,11 @@ def compiled_unet(
         l2=params.l2,
         block=config.block,
         spatial_shape=spatial_shape,
-        layout=layout,
     )
-    # jit_compile="auto" leaves XLA off on CPU-only machines, where it is several times slower here.
+    # jit_compile="auto" leaves XLA off on CPU-only machines, where it is slower for this network.
     model.compile(optimizer=make_optimizer(params, config.clip), loss=get_loss(config.loss), jit_compile="auto")
-    # Creating Adam's slots now spares train_on_batch a second trace of the training function
-    # (otherwise traced once just to create them): about half of the per-trial start-up.
+    # Creating Adam's slots now spares train_on_batch a second trace of the training function,
+    # which it would otherwise trace once just to create them.
     model.optimizer.build(model.trainable_variables)
     return model
 

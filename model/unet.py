@@ -7,10 +7,9 @@ spatial size with `num_classes` softmax channels, (B, X, Y, Z, num_classes).
 Inside the network volumes are held as (B, Z, X, Y, C), and every plane convolution of the
 factorized block runs as a 2D convolution over slices (`SliceConv3D`): the two xy-plane ones over
 the B·Z slices, a reshape that moves no memory; the xz and yz ones over the B·Y and B·X slices,
-after a transpose. TensorFlow's CPU kernels for 3D convolutions with flat kernels are slow, above
-all backwards (benchmarks/README.md, "Every plane as a 2D convolution"). It changes only the order
-of the arithmetic: the network is the same (`layout="xyz"` builds it with plain Conv3D layers, for
-comparison).
+after a transpose. This is faster on CPUs than TensorFlow's 3D convolution with flat kernels and
+changes only the order of the arithmetic: the function is that of plain Conv3D layers in (x, y, z)
+order, which tests/test_unet.py checks.
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ from model.config import BLOCKS
 from model.dropout import BitsDropout
 from model.regularizers import L2
 
-# The axis orders a network can hold volumes in: "zxy" (the default; see the module docstring) or
-# "xyz", the input's own order with plain Conv3D layers, kept to measure the other against.
-LAYOUTS = ("zxy", "xyz")
 # (B, X, Y, Z, C) <-> (B, Z, X, Y, C), as keras.layers.Permute's 1-based dimension orders.
 TO_ZXY = (3, 1, 2, 4)
 TO_XYZ = (2, 3, 1, 4)
@@ -49,9 +45,7 @@ class SliceConv3D(layers.Conv3D):
     Weights, configuration and output are those of the Conv3D it subclasses: input (B, D1, D2, D3, C_in),
     output (B, D1, D2, D3, filters), kernel (k1, k2, k3, C_in, filters) with one of k1, k2, k3 equal to 1.
     A kernel (1, k2, k3) reshapes the input to (B·D1, D2, D3, C_in) without moving memory; (k1, 1, k3)
-    and (k1, k2, 1) first transpose the flat axis next to the batch. CPUs convolve these 2D slices
-    faster than TensorFlow's 3D convolution with a flat kernel, above all in the backward pass
-    (benchmarks/README.md, "Every plane as a 2D convolution").
+    and (k1, k2, 1) first transpose the flat axis next to the batch.
     """
 
     def __init__(self, filters, kernel_size, **kwargs):
@@ -87,18 +81,17 @@ class SliceConv3D(layers.Conv3D):
         return outputs
 
 
-def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str, layout: str = "zxy"):
-    """Four convolutions, each followed by ReLU and dropout: (B, *spatial, *) -> (B, *spatial, filters).
+def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str):
+    """Four convolutions, each followed by ReLU and dropout: (B, Z, X, Y, *) -> (B, Z, X, Y, filters).
 
-    `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z); `"full"`
-    uses four 3×3×3 kernels, to measure what the factorization saves. With `layout="zxy"` the
-    spatial axes of `x` are (z, x, y), kernel sizes are stored in that order, and the plane kernels
-    run as SliceConv3D; with "xyz" they are (x, y, z) and every layer is a plain Conv3D.
+    `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z), run as
+    SliceConv3D; `"full"` uses four 3×3×3 Conv3D kernels, the unfactorized alternative. Kernel sizes
+    are stored in the network's (z, x, y) order.
     """
     kernels = FACTORIZED_KERNELS if block == "factorized" else FULL_KERNELS
     for plane, (kx, ky, kz) in kernels.items():
-        kernel = (kz, kx, ky) if layout == "zxy" else (kx, ky, kz)
-        conv = SliceConv3D if layout == "zxy" and 1 in kernel else layers.Conv3D
+        kernel = (kz, kx, ky)
+        conv = SliceConv3D if 1 in kernel else layers.Conv3D
         x = conv(
             filters,
             kernel,
@@ -108,7 +101,6 @@ def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: 
             name=f"{name}_conv_{plane}",
         )(x)
         if dropout > 0:
-            # Keras's Dropout with a cheaper mask on TensorFlow (model/dropout.py).
             x = BitsDropout(dropout, name=f"{name}_drop_{plane}")(x)
     return x
 
@@ -123,7 +115,6 @@ def build_unet(
     l2: float = 3.0e-4,
     block: str = "factorized",
     spatial_shape: tuple[int, int, int] | None = None,
-    layout: str = "zxy",
     name: str = "unet",
 ) -> keras.Model:
     """Build the paper's U-Net.
@@ -137,8 +128,6 @@ def build_unet(
         l2: L2 weight on every convolution kernel (weight · Σ w², as Keras's L2; model/regularizers.py).
         block: "factorized" (the paper's plane-wise block) or "full" (3×3×3 kernels).
         spatial_shape: fix the input size (X, Y, Z); None (default) accepts any size.
-        layout: the axis order inside the network, "zxy" (default, faster) or "xyz" (plain Conv3D
-            layers, the reference it is measured and tested against); the same network either way.
 
     Returns:
         An uncompiled `keras.Model` mapping (B, X, Y, Z, in_channels) to softmax
@@ -146,8 +135,6 @@ def build_unet(
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}, got {block!r}.")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     if depth < 1 or channels < 1 or num_classes < 2 or in_channels < 1:
         raise ValueError(
             f"depth ({depth}), channels ({channels}), in_channels ({in_channels}) must be ≥ 1 and num_classes ({num_classes}) ≥ 2."
@@ -158,13 +145,13 @@ def build_unet(
     regularizer = L2(l2) if l2 > 0 else None
 
     inputs = keras.Input(shape=(*(spatial_shape or (None, None, None)), in_channels), name="image")
-    x = layers.Permute(TO_ZXY, name="to_zxy")(inputs) if layout == "zxy" else inputs
+    x = layers.Permute(TO_ZXY, name="to_zxy")(inputs)
     skips = []
     for level in range(depth):
-        x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}", layout=layout)
+        x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}")
         skips.append(x)
         x = layers.MaxPooling3D(pool_size=2, name=f"enc{level + 1}_pool")(x)
-    x = conv_block(x, channels * 2**depth, block=block, dropout=dropout, l2=l2, name="bottom", layout=layout)
+    x = conv_block(x, channels * 2**depth, block=block, dropout=dropout, l2=l2, name="bottom")
     for level in reversed(range(depth)):
         filters = channels * 2**level
         # The paper's upconvolution: a 1×1×1 kernel with stride 2.
@@ -172,12 +159,11 @@ def build_unet(
             filters, 1, strides=2, kernel_regularizer=regularizer, name=f"dec{level + 1}_up"
         )(x)
         x = layers.Concatenate(name=f"dec{level + 1}_concat")([x, skips[level]])
-        x = conv_block(x, filters, block=block, dropout=dropout, l2=l2, name=f"dec{level + 1}", layout=layout)
+        x = conv_block(x, filters, block=block, dropout=dropout, l2=l2, name=f"dec{level + 1}")
     # The last block ends in dropout, which is the paper's "dropout right before the output
     # layer"; a second one there would drop twice.
     x = layers.Conv3D(num_classes, 1, kernel_regularizer=regularizer, name="out_conv")(x)
-    if layout == "zxy":
-        x = layers.Permute(TO_XYZ, name="to_xyz")(x)
+    x = layers.Permute(TO_XYZ, name="to_xyz")(x)
     # Softmax in float32 so the IoU sums stay in float32 under mixed precision too.
     outputs = layers.Softmax(axis=-1, dtype="float32", name="out_softmax")(x)
     return keras.Model(inputs, outputs, name=name)

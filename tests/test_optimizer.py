@@ -15,6 +15,13 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=
 PATCH = (16, 16, 16)
 
 
+def unfused(**kwargs) -> FusedAdam:
+    """A FusedAdam that runs Keras's Adam arithmetic, as it does on backends other than TensorFlow."""
+    optimizer = FusedAdam(**kwargs)
+    optimizer.fused = False
+    return optimizer
+
+
 def trained_weights(optimizer_class, steps: int = 4) -> list[np.ndarray]:
     """Weights of a tiny U-Net after `steps` Adam steps on a fixed batch, from a fixed initialisation."""
     keras.utils.set_random_seed(3)
@@ -38,6 +45,11 @@ def test_fused_adam_trains_as_kerass_adam_does():
     for a, b in zip(fused, plain):
         # The same arithmetic in another order: float32 rounding only (a step moves weights by ~1e-2).
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def test_unfused_update_is_kerass_adam_bit_for_bit():
+    for a, b in zip(trained_weights(unfused), trained_weights(keras.optimizers.Adam), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_each_variable_is_updated_by_one_fused_operation():
@@ -65,17 +77,39 @@ def test_each_variable_is_updated_by_one_fused_operation():
     np.testing.assert_allclose(variables[1].numpy(), np.full(4, -0.1), rtol=1e-5)
 
 
+def momentums_after_one_step(gradients, **kwargs) -> list[np.ndarray]:
+    """FusedAdam's momentum slots, (1 − β1) · the gradient it used, after one step from zero weights."""
+    variables = [keras.Variable(np.zeros(g.shape, np.float32)) for g in gradients]
+    optimizer = FusedAdam(learning_rate=0.1, **kwargs)
+    optimizer.apply(gradients, variables)
+    return [v.numpy() for v in optimizer.variables if v.name.endswith("_momentum")]
+
+
 def test_global_norm_clipping_is_kerass_bit_for_bit():
     import tensorflow as tf
     from keras.src.optimizers.base_optimizer import clip_by_global_norm
 
     rng = np.random.default_rng(1)
     gradients = [tf.constant(rng.normal(size=shape).astype(np.float32)) for shape in [(3, 3, 30, 30), (30,), (1, 1, 60, 2)]]
+    unclipped = momentums_after_one_step(gradients)
     for clip in (0.5, 1e3):  # clipping, and a norm below the clip (scale 1)
-        ours = FusedAdam(learning_rate=0.1, global_clipnorm=clip)._clip_gradients(gradients)
-        theirs = clip_by_global_norm(gradients, clip)
+        ours = momentums_after_one_step(gradients, global_clipnorm=clip)
+        theirs = momentums_after_one_step(clip_by_global_norm(gradients, clip))
         for a, b in zip(ours, theirs, strict=True):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            np.testing.assert_array_equal(a, b)
+        assert (clip < 1e3) == any(not np.array_equal(a, b) for a, b in zip(ours, unclipped))
     # A non-finite norm makes every gradient NaN, as Keras's does (the step then shows a NaN loss).
-    ours = FusedAdam(learning_rate=0.1, global_clipnorm=1.0)._clip_gradients([tf.constant([np.inf, 1.0])])
-    assert np.isnan(ours[0].numpy()).all()
+    ours = momentums_after_one_step([tf.constant([np.inf, 1.0])], global_clipnorm=1.0)
+    assert np.isnan(ours[0]).all()
+
+
+def test_slots_and_configuration_are_kerass_adams():
+    variables = [keras.Variable(np.ones((3, 3), np.float32), name="kernel"), keras.Variable(np.zeros(4), name="bias")]
+    fused, adam = FusedAdam(learning_rate=0.1), keras.optimizers.Adam(learning_rate=0.1)
+    fused.build(variables)
+    adam.build(variables)
+    assert [(v.name, v.shape) for v in fused.variables] == [(v.name, v.shape) for v in adam.variables]
+    config = keras.optimizers.Adam(learning_rate=0.01, beta_1=0.8, global_clipnorm=2.0).get_config()
+    assert FusedAdam.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="amsgrad=True.*keras.optimizers.Adam"):
+        FusedAdam(amsgrad=True)

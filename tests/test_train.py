@@ -114,19 +114,18 @@ def test_train_config_refuses_bad_values(kwargs, message):
 def test_a_model_folder_written_by_the_earlier_network_loads_and_predicts_the_same(tiny_data, tmp_path):
     """Before the (z, x, y) layout, BitsDropout and FusedAdam, models held plain Conv3D layers, Keras's
     Dropout and Keras's Adam; folders written then must still load and segment alike."""
-    import functools
     from unittest import mock
 
     import keras
+    from reference_unet import build_reference_unet
 
     from model.inference import predict_probabilities
     from model.run import load_run, save_run
-    from model.training import compiled_unet
 
     config = TrainConfig(steps=4, eval_every=2, patch_shape=(16, 16, 8), depth=2, seed=2)
     with (
-        mock.patch("model.training.compiled_unet", functools.partial(compiled_unet, layout="xyz")),
-        mock.patch("model.unet.BitsDropout", keras.layers.Dropout),
+        mock.patch("model.training.build_unet", build_reference_unet),
+        mock.patch("reference_unet.BitsDropout", keras.layers.Dropout),
         mock.patch("model.training.FusedAdam", keras.optimizers.Adam),
     ):
         result = train(TINY, tiny_data, config)
