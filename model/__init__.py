@@ -27,6 +27,8 @@ _FACE = {
     # training and evaluation
     "train": "model.training",
     "evaluate": "model.training",
+    "iou_from_counts": "model.metrics",
+    "dice_from_counts": "model.metrics",
     "TrainConfig": "model.config",
     "PRECISIONS": "model.config",
     # inference

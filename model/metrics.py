@@ -1,4 +1,4 @@
-"""Hard IoU of label maps: per class, per case, and pooled over a whole validation set (numpy)."""
+"""Hard IoU and Dice of label maps: per class, per case, and pooled over a whole validation set (numpy)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def iou_from_counts(counts: np.ndarray) -> np.ndarray:
     """IoU per class from (num_classes, 2) counts; a class absent from both label and prediction scores 1.0."""
     intersection, union = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
     return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+
+
+def dice_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Dice per class, 2·|A∩B| / (|A| + |B|) = 2I / (U + I), from (num_classes, 2) counts; 1.0 where the class is absent from both."""
+    intersection, union = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
+    return np.where(union > 0, 2 * intersection / np.maximum(union + intersection, 1), 1.0)
 
 
 def mean_foreground_iou(counts: np.ndarray) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -74,6 +75,10 @@ def test_evaluate_prints_iou_per_case_and_class(tiny_run, synth_dataset, capsys)
     assert main(["evaluate", "--model", str(tiny_run), "--data", str(synth_dataset), "--split", "all"]) == 0
     out = capsys.readouterr().out
     assert "case_007" in out and "left ventricle" in out and "mean foreground IoU" in out
+    assert "IoU / Dice per case" in out and "IoU / Dice per class" in out
+    # The pooled line: Dice follows from IoU class by class (one foreground class here).
+    iou, dice = (float(x) for x in re.search(r"mean foreground IoU ([0-9.]+), Dice ([0-9.]+)", out).groups())
+    assert abs(dice - 2 * iou / (1 + iou)) < 2e-4
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

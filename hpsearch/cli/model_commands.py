@@ -43,7 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_precision_option(segment)
     segment.set_defaults(handler=cmd_segment)
 
-    evaluate = commands.add_parser("evaluate", help="IoU per class and per case on a labelled dataset")
+    evaluate = commands.add_parser("evaluate", help="IoU and Dice per class and per case on a labelled dataset")
     evaluate.add_argument("--model", required=True, help="model folder written by 'hpsearch train'")
     evaluate.add_argument("--data", required=True, help="dataset folder")
     evaluate.add_argument("--split", choices=("test", "val", "all"), default="test",
@@ -198,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data)
     import_tensorflow()
-    from model import evaluate, inference_model, load_run
+    from model import dice_from_counts, evaluate, inference_model, iou_from_counts, load_run
 
     run = load_run(args.model)
     if dataset.class_names != run.class_names:
@@ -211,15 +211,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with slow_bfloat16_noted(args.precision):
         model = inference_model(run.model, args.precision)
         result = evaluate(model, cases, depth=run.config.depth, num_classes=len(run.class_names))
+    foreground = run.class_names[1:]
+    rows, case_iou, case_dice = [], [], []
+    for name, counts in result.case_counts.items():
+        iou, dice = iou_from_counts(counts)[1:], dice_from_counts(counts)[1:]
+        case_iou.append(iou.mean())
+        case_dice.append(dice.mean())
+        rows.append([name, *(f"{i:.4f} / {d:.4f}" for i, d in zip(iou, dice)), f"{iou.mean():.4f} / {dice.mean():.4f}"])
+    print_table(f"IoU / Dice per case ({args.split} split)", ["case", *foreground, "mean foreground"], rows)
     print_table(
-        f"IoU per case ({args.split} split)",
-        ["case", "mean foreground IoU"],
-        [[name, f"{iou:.4f}"] for name, iou in result.per_case.items()],
+        "IoU / Dice per class (all voxels of the split pooled)",
+        ["class", "IoU", "Dice"],
+        [[name, f"{iou:.4f}", f"{dice:.4f}"]
+         for name, iou, dice in zip(run.class_names, result.per_class, result.per_class_dice)],
     )
-    print_table(
-        "IoU per class (all voxels of the split)",
-        ["class", "IoU"],
-        [[name, f"{iou:.4f}"] for name, iou in zip(run.class_names, result.per_class)],
-    )
-    print(f"mean foreground IoU {result.iou:.4f} over {len(cases)} case(s)")
+    pooled_dice = sum(result.per_class_dice[1:]) / len(foreground)
+    print(f"mean foreground IoU {result.iou:.4f}, Dice {pooled_dice:.4f} (voxels pooled); "
+          f"mean over {len(cases)} case(s): IoU {sum(case_iou) / len(case_iou):.4f}, "
+          f"Dice {sum(case_dice) / len(case_dice):.4f}")
     return 0
