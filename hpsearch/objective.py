@@ -27,6 +27,7 @@ from hpsearch.liveness import INTERRUPTED, owner_record
 from hpsearch.vocabulary import (
     BEST_ATTR,
     BEST_STEP_ATTR,
+    COLLAPSED_ATTR,
     FAIL_REASON_ATTR,
     MODEL_ARTIFACT_ATTR,
     MODEL_ERROR_ATTR,
@@ -155,6 +156,8 @@ class Objective:
             raise
         trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 4))
         trial.set_user_attr(PER_CLASS_ATTR, dict(zip(self.data.class_names[1:], result.final.per_class[1:])))
+        if result.collapsed:  # foreground classes at IoU 0 in the final evaluation: swallowed by another
+            trial.set_user_attr(COLLAPSED_ATTR, [self.data.class_names[c] for c in result.collapsed])
         trial.set_user_attr(BEST_ATTR, result.best.iou)
         trial.set_user_attr(BEST_STEP_ATTR, result.best.step)
         if self.artifact_store is not None:

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from model import format_number
 from hpsearch.config import StudyConfig
 from hpsearch.export import ExportedTrial, exported_trial
-from hpsearch.vocabulary import PARENT_ATTR
+from hpsearch.vocabulary import COLLAPSED_ATTR, PARENT_ATTR
 
 REPORT_MARKER = b"hpsearch report:"  # in the title of every report: a later report may replace the file
 
@@ -100,6 +100,7 @@ def render_report(study: optuna.Study, config: StudyConfig | None, *, storage_te
         "<body>",
         f"<h1>Study {_e(study.study_name)}</h1>",
         f"<p>{_e(storage_text)}: {_e(held)}.</p>",
+        _collapsed_note(trials),
         _best_table(best),
         '<nav><ul>' + "".join(f'<li><a href="#{key}">{_e(title)}</a></li>' for key, title in FIGURES) + "</ul></nav>",
     ]
@@ -116,6 +117,16 @@ def render_report(study: optuna.Study, config: StudyConfig | None, *, storage_te
         parts.append("</section>")
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
+
+
+def _collapsed_note(trials: list[FrozenTrial]) -> str:
+    """A warning paragraph naming the trials that ended with a foreground class at IoU 0, or ''."""
+    collapsed = [f"trial {t.number} ({', '.join(t.user_attrs[COLLAPSED_ATTR])})"
+                 for t in trials if t.user_attrs.get(COLLAPSED_ATTR)]
+    if not collapsed:
+        return ""
+    return (f'<p class="note">Class collapse: {len(collapsed)} trial(s) ended with a foreground class at validation '
+            f"IoU 0, swallowed by another class: {_e('; '.join(collapsed))}.</p>")
 
 
 # ---------------------------------------------------------------- the figures

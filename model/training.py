@@ -54,6 +54,7 @@ class TrainResult:
     history: list[Evaluation]
     seconds: float  # the step loop with its evaluations, after the model is built (s)
     steps: int
+    collapsed: list[int] = dataclasses.field(default_factory=list)  # collapsed_classes of the final evaluation
 
 
 def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: int = 0, loss: float = math.nan) -> Evaluation:
@@ -69,6 +70,13 @@ def evaluate(model, cases: list[Case], *, depth: int, num_classes: int, step: in
         per_class_dice=[float(v) for v in dice_from_counts(pooled)],
         case_counts=counts,
     )
+
+
+def collapsed_classes(evaluation: Evaluation, steps: int) -> list[int]:
+    """Foreground classes with IoU 0 in `evaluation`, once past the first quarter of `steps` (earlier is warm-up)."""
+    if evaluation.step <= steps / 4:
+        return []
+    return [c for c, iou in enumerate(evaluation.per_class) if c > 0 and iou == 0.0]
 
 
 def make_optimizer(params: Hyperparameters, clip: str) -> keras.optimizers.Optimizer:
@@ -116,6 +124,7 @@ def train(
     *,
     on_eval: Callable[[int, float], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_collapse: Callable[[int, list[int]], None] | None = None,
 ) -> TrainResult:
     """Train a U-Net for `config.steps` steps; return it with its best validation weights.
 
@@ -129,6 +138,9 @@ def train(
             objective raises optuna.TrialPruned there to prune a trial).
         on_step: called as on_step(step, training loss) after each step 1..`config.steps`,
             before that step's evaluation, if any; whatever it raises stops training likewise.
+        on_collapse: called as on_collapse(step, class indices) at an evaluation where foreground
+            classes that were not reported before have IoU 0 past the first quarter of training
+            (another class swallowed them), before on_eval.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (before on_step sees that step).
@@ -153,6 +165,7 @@ def train(
     best: Evaluation | None = None
     best_weights = None
     recent_losses: list[float] = []
+    reported: set[int] = set()  # collapsed classes already passed to on_collapse
     for step in range(1, config.steps + 1):
         images, labels = sampler.next_batch()
         loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
@@ -170,11 +183,16 @@ def train(
             history.append(evaluation)
             if best is None or evaluation.iou > best.iou:
                 best, best_weights = evaluation, model.get_weights()
+            newly = [c for c in collapsed_classes(evaluation, config.steps) if c not in reported]
+            reported.update(newly)
+            if newly and on_collapse is not None:
+                on_collapse(step, newly)
             if on_eval is not None:
                 on_eval(step, evaluation.iou)
     final = history[-1]
     model.set_weights(best_weights)
-    return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps)
+    return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps,
+                       collapsed=collapsed_classes(final, config.steps))
 
 
 def _enable_op_determinism() -> None:

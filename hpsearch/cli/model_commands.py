@@ -136,10 +136,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     import_tensorflow()
     from model import save_run, train
 
-    from hpsearch.progress import training_bar
+    from hpsearch.progress import stderr, training_bar
+
+    def on_collapse(step: int, classes: list[int]) -> None:
+        names = ", ".join(repr(dataset.class_names[c]) for c in classes)
+        fix = " (the joint loss lets one class swallow another: try --loss per_class)" if config.loss == "joint" else ""
+        stderr.print(f"hpsearch: warning: class {names} has validation IoU 0 at step {step} of {config.steps}{fix}",
+                     soft_wrap=True, markup=False, highlight=False)
 
     with training_bar(config.steps) as (on_step, on_eval):
-        result = train(params, data, config, on_step=on_step, on_eval=on_eval)
+        result = train(params, data, config, on_step=on_step, on_eval=on_eval, on_collapse=on_collapse)
     split_record = {"seed": args.seed, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
                     "train": list(split.train), "val": list(split.val), "test": list(split.test)}
     save_run(

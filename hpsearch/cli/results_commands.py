@@ -87,11 +87,13 @@ def print_best(study, *, interrupted: bool = False) -> None:
 
 def trial_note(trial) -> str:
     """Why a trial failed, why it has no model, or what it was drawn from; '' if none of these."""
-    from hpsearch.vocabulary import FAIL_REASON_ATTR, MODEL_ERROR_ATTR, PARENT_ATTR
+    from hpsearch.vocabulary import COLLAPSED_ATTR, FAIL_REASON_ATTR, MODEL_ERROR_ATTR, PARENT_ATTR
 
     attrs = trial.user_attrs
     if attrs.get(FAIL_REASON_ATTR):
         return attrs[FAIL_REASON_ATTR]
+    if attrs.get(COLLAPSED_ATTR):
+        return f"collapsed: {', '.join(attrs[COLLAPSED_ATTR])} at IoU 0"
     if MODEL_ERROR_ATTR in attrs:
         return f"model not stored: {attrs[MODEL_ERROR_ATTR]}"
     if attrs.get(PARENT_ATTR) is not None:
