@@ -24,13 +24,15 @@ import nibabel as nib
 import numpy as np
 
 from model.errors import InputError
+from model.orientation import to_canonical
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
 @dataclasses.dataclass
 class Case:
-    """One volume: normalised image (X, Y, Z, C) float32, label (X, Y, Z) uint8 or None."""
+    """One volume: normalised image (X, Y, Z, C) float32 and label (X, Y, Z) uint8 or None, both in the closest
+    canonical orientation; the affine and header are those of its image file."""
 
     name: str
     image: np.ndarray
@@ -110,7 +112,8 @@ def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
 
 
 def read_image(paths: tuple[Path, ...], *, channels: int) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Read one case's image as float32 (X, Y, Z, C); returns it with the first file's NIfTI image."""
+    """Read one case's image as float32 (X, Y, Z, C) in the closest canonical orientation (model.orientation);
+    returns it with the first file's NIfTI image (its own orientation and affine)."""
     volumes = []
     reference = None
     for path in paths:
@@ -120,7 +123,7 @@ def read_image(paths: tuple[Path, ...], *, channels: int) -> tuple[np.ndarray, n
             data = data[..., np.newaxis]
         if data.ndim != 4:
             raise InputError(f"{path} has {data.ndim} dimensions; an image must be 3D (or 4D with channels last).")
-        volumes.append(np.asarray(data, dtype=np.float32))
+        volumes.append(np.asarray(to_canonical(data, nifti.affine), dtype=np.float32))
     shapes = {volume.shape[:3] for volume in volumes}
     if len(shapes) > 1:
         raise InputError(f"the channel files {', '.join(str(p) for p in paths)} differ in shape {sorted(shapes)}.")
@@ -136,10 +139,13 @@ def read_image(paths: tuple[Path, ...], *, channels: int) -> tuple[np.ndarray, n
 
 
 def read_label(path: Path, num_classes: int, *, shape: tuple[int, ...]) -> np.ndarray:
-    """Read a label volume as uint8 (X, Y, Z), checking its shape and values."""
-    _, data = _load_nifti(path)
+    """Read a label volume as uint8 (X, Y, Z) in the closest canonical orientation, checking its shape
+    (`shape`: its image's, canonical) and values."""
+    nifti, data = _load_nifti(path)
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
+    if data.ndim == 3:
+        data = to_canonical(data, nifti.affine)
     if data.shape != tuple(shape):
         raise InputError(
             f"{path} has shape {tuple(data.shape)} but its image has {tuple(shape)}; "

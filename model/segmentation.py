@@ -13,6 +13,7 @@ import numpy as np
 from model.data import NIFTI_ENDINGS, normalise, read_image
 from model.errors import InputError
 from model.inference import inference_model, predict_labels
+from model.orientation import from_canonical
 from model.run import Run
 
 # nnU-Net names channel k of case CASE as CASE_000k.nii.gz.
@@ -44,9 +45,11 @@ def find_inputs(folder: Path, channels: int) -> dict[str, tuple[Path, ...]]:
 
 
 def write_mask(labels: np.ndarray, reference: nib.Nifti1Image, out: Path) -> None:
-    """Save a uint8 mask with the reference image's affine and header; atomically (temp file, rename)."""
+    """Save a uint8 mask, predicted in the canonical orientation, in the reference image's orientation with its
+    affine and header; atomically (temp file, rename)."""
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
+    labels = from_canonical(labels, reference.affine)
     mask = type(reference)(labels.astype(np.uint8), reference.affine, header)
     mask.header.set_slope_inter(1.0, 0.0)  # an image's intensity scaling must not rescale labels
     tmp = out.with_name(f".{out.name}.tmp{''.join(out.suffixes)}")
