@@ -22,8 +22,9 @@ class PatchSampler:
     """Draws batches of (image, one-hot label) blocks from labelled cases.
 
     Over any run of patches, at least `foreground_share` of them (rounded down, counted
-    from the first) contain a foreground voxel: those are centred near a random foreground
-    voxel; the rest are placed uniformly. Volumes smaller than the patch are zero-padded
+    from the first) contain a foreground voxel: each holds a random voxel of one foreground
+    class, drawn uniformly among the classes present, so a small class is seen as often as a
+    large one; the rest are placed uniformly. Volumes smaller than the patch are zero-padded
     (after normalisation, 0 is the volume's mean; the padding is labelled background).
 
     Args:
@@ -58,9 +59,13 @@ class PatchSampler:
         self._rng = np.random.default_rng(seed)
         self._images = [pad_to(case.image, self.patch_shape) for case in cases]
         self._labels = [pad_to(case.label, self.patch_shape) for case in cases]
-        # Foreground voxel coordinates per case, found once (int32 keeps them small).
-        self._foreground = [np.argwhere(label > 0).astype(np.int32) for label in self._labels]
-        self._with_foreground = [i for i, coords in enumerate(self._foreground) if len(coords)]
+        # Each foreground class's voxel coordinates per case, found once (int32 keeps them small).
+        self._coords: dict[int, dict[int, np.ndarray]] = {}
+        for index, label in enumerate(self._labels):
+            for value in np.unique(label[label > 0]):
+                self._coords.setdefault(int(value), {})[index] = np.argwhere(label == value).astype(np.int32)
+        self._classes = sorted(self._coords)
+        self._with_foreground = sorted({i for cases in self._coords.values() for i in cases})
         self._drawn = 0
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +84,13 @@ class PatchSampler:
 
     def _patch(self, foreground: bool) -> tuple[np.ndarray, np.ndarray]:
         if foreground:
-            index = self._with_foreground[self._rng.integers(len(self._with_foreground))]
-            centre = self._foreground[index][self._rng.integers(len(self._foreground[index]))]
+            # One class alone needs no draw, so single-class data samples as it always did.
+            single = len(self._classes) == 1
+            value = self._classes[0] if single else self._classes[self._rng.integers(len(self._classes))]
+            cases = list(self._coords[value])
+            index = cases[self._rng.integers(len(cases))]
+            coords = self._coords[value][index]
+            centre = coords[self._rng.integers(len(coords))]
         else:
             index = int(self._rng.integers(len(self._images)))
         shape = self._labels[index].shape
