@@ -83,16 +83,36 @@ class Dataset:
         label = None
         if files.label is not None:
             label = read_label(files.label, self.num_classes, shape=image.shape[:3])
-        return Case(files.name, normalise(image), label, reference.affine, reference.header)
+        return Case(files.name, normalise(image, self.channel_names), label, reference.affine, reference.header)
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
-    """Per-volume, per-channel z-score of an (X, Y, Z, C) image; the same at training and inference."""
-    image = image.astype(np.float32, copy=False)
-    mean = image.mean(axis=(0, 1, 2), keepdims=True, dtype=np.float64)
-    std = image.std(axis=(0, 1, 2), keepdims=True, dtype=np.float64)
-    # A constant channel has std 0: centre it and leave its scale alone.
-    return ((image - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+CT_WINDOW = (-1000.0, 1000.0)  # Hounsfield units kept for a CT channel: air to dense bone
+
+
+def is_ct(channel_name: str) -> bool:
+    """Whether a dataset.json channel (modality) name says CT."""
+    return channel_name.strip().upper() in ("CT", "COMPUTED TOMOGRAPHY")
+
+
+def normalise(image: np.ndarray, channel_names: tuple[str, ...] | None = None) -> np.ndarray:
+    """Normalise an (X, Y, Z, C) image per channel, as its modality asks; the same at training and inference.
+
+    CT channels hold absolute Hounsfield units: they are clipped to CT_WINDOW and scaled into
+    [-1, 1], the same for every volume. Every other channel (MR's arbitrary scanner units) gets
+    a per-volume z-score. Without `channel_names`, every channel is z-scored.
+    """
+    image = image.astype(np.float32, copy=True)
+    names = channel_names or ("image",) * image.shape[-1]
+    for c, name in enumerate(names):
+        channel = image[..., c]
+        if is_ct(name):
+            low, high = CT_WINDOW
+            image[..., c] = (np.clip(channel, low, high) - (low + high) / 2) / ((high - low) / 2)
+            continue
+        mean, std = channel.mean(dtype=np.float64), channel.std(dtype=np.float64)
+        # A constant channel has std 0: centre it and leave its scale alone.
+        image[..., c] = (channel - mean) / (std if std > 0 else 1.0)
+    return image
 
 
 def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:

@@ -92,7 +92,7 @@ def segment(
     written = []
     for index, (files, out) in enumerate(jobs):
         image, reference = read_image(files, channels=channels)
-        labels = predict_labels(model, normalise(image), depth=run.config.depth)
+        labels = predict_labels(model, normalise(image, run.channel_names), depth=run.config.depth)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_mask(labels, reference, out)
         written.append(out)
