@@ -31,6 +31,7 @@ _FACE = {
     "dice_from_counts": "model.metrics",
     "TrainConfig": "model.config",
     "PRECISIONS": "model.config",
+    "LOSSES": "model.config",
     # inference
     "segment": "model.segmentation",
     "predict_labels": "model.inference",

@@ -10,7 +10,7 @@ import dataclasses
 from model.errors import InputError
 
 BLOCKS = ("factorized", "full")
-LOSSES = ("joint", "per_class")
+LOSSES = ("joint", "per_class", "per_class_ce")
 CLIP_MODES = ("global", "per_tensor")
 PRECISIONS = ("float32", "bfloat16")  # of inference (model/inference.py)
 
@@ -27,7 +27,8 @@ class TrainConfig:
         depth: pooling steps of the U-Net.
         block: "factorized" (the paper's) or "full" (3×3×3).
         loss: "joint" (the paper's: classes summed; the default, chosen by benchmarks/loss_choice.py)
-            or "per_class" (mean of the per-class soft IoUs).
+            or "per_class" (mean of the per-class soft IoUs), or "per_class_ce" (per_class plus
+            categorical cross-entropy, the pairing nnU-Net trains with).
         clip: "global" clips the norm of all gradients together to `clip_norm`; "per_tensor"
             clips each variable's gradient on its own.
         foreground_share: share of training blocks that hold foreground.

@@ -1,6 +1,7 @@
-"""Soft IoU losses on softmax outputs (the paper's joint one and a per-class variant).
+"""Soft IoU losses on softmax outputs: the paper's joint one, a per-class variant, and the per-class one
+plus cross-entropy.
 
-Both take one-hot targets and softmax probabilities of shape (B, X, Y, Z, K) and drop channel 0
+All take one-hot targets and softmax probabilities of shape (B, X, Y, Z, K) and drop channel 0
 (the background) as the paper does. Sums run in float32 whatever the compute dtype.
 """
 
@@ -43,10 +44,27 @@ def per_class_iou_loss(y_true, y_pred):
     return 1.0 - ops.sum(iou * weights) / ops.sum(weights)
 
 
+# Keeps log(0) finite for a probability that underflowed to zero.
+EPSILON = 1e-7
+
+
+def per_class_iou_ce_loss(y_true, y_pred):
+    """per_class_iou_loss + categorical cross-entropy averaged over voxels (all classes, background too).
+
+    The cross-entropy gives every voxel a gradient of its own, so a class that the soft IoU has
+    nearly lost is still pulled back; nnU-Net pairs Dice with cross-entropy for this reason.
+    """
+    probabilities = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0)
+    cross_entropy = -ops.mean(ops.sum(ops.cast(y_true, "float32") * ops.log(probabilities), axis=-1))
+    return per_class_iou_loss(y_true, y_pred) + cross_entropy
+
+
 def get_loss(name: str):
-    """The loss function called `name` ("joint" or "per_class")."""
+    """The loss function called `name` (one of model.config.LOSSES)."""
     if name == "joint":
         return joint_iou_loss
     if name == "per_class":
         return per_class_iou_loss
+    if name == "per_class_ce":
+        return per_class_iou_ce_loss
     raise ValueError(f"loss must be one of {LOSSES}, got {name!r}.")

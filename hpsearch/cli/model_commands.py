@@ -53,14 +53,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
+    from model import LOSSES
+
     add = parser.add_argument
     add("--steps", type=positive_int, default=5000, help="training steps (default: 5000, as in the paper's search)")
     add("--eval-every", type=positive_int, default=250, help="validate every N steps (default: 250)")
     add("--patch", type=shape_argument, default=(64, 64, 16), help="training block size (default: 64x64x16)")
     add("--batch", type=positive_int, default=2, help="blocks per step (default: 2)")
     add("--depth", type=positive_int, default=3, help="U-Net pooling steps (default: 3)")
-    add("--loss", choices=("joint", "per_class"), default="joint",
-        help="soft IoU loss: joint (the paper's, default) or per_class")
+    add("--loss", choices=LOSSES, default="joint",
+        help="joint: the paper's soft IoU (default); per_class: the mean of the classes' soft IoUs; "
+        "per_class_ce: per_class plus cross-entropy")
     add("--block", choices=("factorized", "full"), default="factorized",
         help="convolution block (default: factorized, the paper's)")
     add("--clip", choices=("global", "per_tensor"), default="global",
