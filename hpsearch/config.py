@@ -72,6 +72,7 @@ _TRAINING_FIELDS = {
     "loss": "loss",
     "clip": "clip",
     "foreground_share": "foreground_share",
+    "augment": "augment",
 }
 _TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _SPACE_KEYS = ("low", "high", "log", "step")
@@ -386,6 +387,8 @@ def _parse_training(check: _Checker, value: Any) -> dict:
                 raise check.fail(f"{place} is a share of training blocks, so it must be in [0, 1]; got {converted}.")
         elif key in ("block", "loss", "clip"):
             converted = check.string(raw, place)
+        elif key == "augment":
+            converted = check.boolean(raw, place)
         else:
             converted = check.integer(raw, place)
         training[_TRAINING_FIELDS[key]] = converted

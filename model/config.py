@@ -32,6 +32,8 @@ class TrainConfig:
         clip: "global" clips the norm of all gradients together to `clip_norm`; "per_tensor"
             clips each variable's gradient on its own.
         foreground_share: share of training blocks that hold foreground.
+        augment: augment training blocks on the fly (model/augment.py): flips, in-plane rotation
+            and scaling, intensity scale, shift and gamma.
         seed: seeds initialisation and block sampling; None draws a fresh one.
         deterministic: also make TensorFlow's ops deterministic (slower), for repeatable runs.
     """
@@ -45,6 +47,7 @@ class TrainConfig:
     loss: str = "joint"
     clip: str = "global"
     foreground_share: float = 1 / 3
+    augment: bool = False
     seed: int | None = 0
     deterministic: bool = False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.augment import augment_block
 from model.data import Case
 from model.errors import InputError
 
@@ -33,6 +34,7 @@ class PatchSampler:
         batch_size: blocks per batch.
         num_classes: classes including the background (depth of the one-hot labels).
         foreground_share: share of blocks forced to hold foreground, in [0, 1].
+        augment: give each block a random augmentation (model.augment.augment_block).
         seed: seeds the placement, so a run is repeatable.
     """
 
@@ -44,6 +46,7 @@ class PatchSampler:
         batch_size: int,
         num_classes: int,
         foreground_share: float = 1 / 3,
+        augment: bool = False,
         seed: int | None = None,
     ) -> None:
         if not cases:
@@ -56,6 +59,7 @@ class PatchSampler:
         self.batch_size = batch_size
         self.num_classes = num_classes
         self.foreground_share = foreground_share
+        self.augment = augment
         self._rng = np.random.default_rng(seed)
         self._images = [pad_to(case.image, self.patch_shape) for case in cases]
         self._labels = [pad_to(case.label, self.patch_shape) for case in cases]
@@ -76,6 +80,8 @@ class PatchSampler:
             force = int((self._drawn + 1) * self.foreground_share) > int(self._drawn * self.foreground_share)
             self._drawn += 1
             image, label = self._patch(force and bool(self._with_foreground))
+            if self.augment:
+                image, label = augment_block(image, label, self._rng)
             images.append(image)
             labels.append(label)
         label_batch = np.stack(labels)

@@ -158,6 +158,7 @@ def train(
         batch_size=config.batch_size,
         num_classes=data.num_classes,
         foreground_share=config.foreground_share,
+        augment=config.augment,
         seed=config.seed,
     )
     started = time.perf_counter()

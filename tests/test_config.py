@@ -388,7 +388,7 @@ BAD = [
     ({"training.steps": 2.5}, r"training.steps must be a whole number, got 2.5"),
     ({"training.patch": "30x32x16"}, r"training: patch shape \(30, 32, 16\) must be three sizes, each a multiple of 8"),
     ({"training.patch": "big"}, r"training.patch 'big' is not a shape"),
-    ({"training.loss": "dice"}, r"training: loss must be one of joint, per_class, got 'dice'"),
+    ({"training.loss": "dice"}, r"training: loss must be one of joint, per_class, per_class_ce, got 'dice'"),
     ({"training.block": 3}, r"training.block must be a non-empty string, got 3"),
     ({"training.foreground_share": 2}, r"training.foreground_share .* must be in \[0, 1\]; got 2.0"),
     # search space

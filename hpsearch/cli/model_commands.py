@@ -68,6 +68,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="convolution block (default: factorized, the paper's)")
     add("--clip", choices=("global", "per_tensor"), default="global",
         help="gradient clipping by global norm or per tensor (default: global)")
+    add("--augment", action="store_true",
+        help="augment training blocks on the fly: flips, small rotations and scalings, intensity and gamma")
     add("--seed", type=int, default=0, help="seed for the split, initialisation and patch sampling (default: 0)")
     add("--deterministic", action="store_true", help="deterministic TensorFlow ops (repeatable, slower)")
     add("--val-fraction", type=fraction, default=0.2, help="share of cases for validation (default: 0.2)")
@@ -126,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         block=args.block,
         loss=args.loss,
         clip=args.clip,
+        augment=args.augment,
         seed=args.seed,
         deterministic=args.deterministic,
     )
