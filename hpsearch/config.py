@@ -52,7 +52,7 @@ PRUNERS = {
     "threshold": "ThresholdPruner",
 }
 
-_TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "deterministic", "sampler", "pruner", "start", "search_space")
+_TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "deterministic", "sampler", "pruner", "start", "search_space", "slurm")
 # How trials draw their training seeds: "per_trial" trains trial n with seed + n; "shared" trains
 # every trial with the study seed itself (the same initial weights where the channels match, the
 # same blocks and dropout masks), so two trials differ by their hyperparameters, not their luck.
@@ -104,6 +104,7 @@ class StudyConfig:
     pruner: dict | None
     start: dict
     search_space: dict
+    slurm: dict | None = None  # sbatch settings of `launch --executor slurm` (hpsearch.slurm.SlurmSettings)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """The Optuna distributions of the searched hyperparameters, under the paper's names."""
@@ -157,6 +158,7 @@ class StudyConfig:
             "pruner": self.pruner,
             "start": self.start,
             "search_space": self.search_space,
+            "slurm": self.slurm,
         })
 
     @classmethod
@@ -330,8 +332,25 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
     return StudyConfig(
         name=name, source=source, data_path=data_path, synth=synth, split=split, training=training,
         trials=trials, seed=seed, trial_seeds=trial_seeds, deterministic=deterministic, sampler=sampler, pruner=pruner,
-        start=start, search_space=search_space,
+        start=start, search_space=search_space, slurm=_parse_slurm(check, document.get("slurm")),
     )
+
+
+_SLURM_KEYS = ("partition", "time", "account", "options", "gpu")  # the fields of hpsearch.slurm.SlurmSettings
+
+
+def _parse_slurm(check: _Checker, value: Any) -> dict | None:
+    """The study's `slurm:` key: partition, time, account (strings), options (sbatch options), gpu (bool)."""
+    if value is None:
+        return None
+    slurm = check.mapping(value, "slurm", _SLURM_KEYS)
+    result = {key: check.string(slurm[key], f"slurm.{key}") for key in ("partition", "time", "account") if slurm.get(key) is not None}
+    options = slurm.get("options") or []
+    if not isinstance(options, list) or not all(isinstance(o, str) and o.startswith("-") for o in options):
+        raise check.fail(f"slurm.options must be a list of sbatch options like ['--mem=16G'], got {options!r}.")
+    result["options"] = list(options)
+    result["gpu"] = check.boolean(slurm.get("gpu", True), "slurm.gpu")
+    return result
 
 
 def _parse_synth(check: _Checker, value: Any) -> dict | None:

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 # Study user attributes, written by the launcher (or the first worker) when it creates the study.
 CONFIG_ATTR = "hpsearch_config"  # the study definition the trials run with, as a dict
 TARGET_ATTR = "target_trials"  # COMPLETE trials the search stops at
+SLURM_JOBS_ATTR = "slurm_jobs"  # [{"job", "tasks", "submitted"}]: the Slurm job arrays launched for the study
 # Study system attribute: the number of the trial NeighborhoodSampler gave the start point (claimed once).
 START_CLAIM_ATTR = "NeighborhoodSampler:start_trial"
 

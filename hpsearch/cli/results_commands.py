@@ -162,6 +162,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         ])
     print_table(f"study {study.study_name} ({describe(url)})",
                 ["#", "state", "IoU", "hyperparameters", "duration", "worker", "note"], rows)
+    from hpsearch.slurm import job_lines
+
+    for line in job_lines(study):  # the study's Slurm job arrays, a line per task (launch --executor slurm)
+        print(line)
     print_best(study)
     return 0
 

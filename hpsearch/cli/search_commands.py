@@ -15,6 +15,7 @@ from hpsearch.cli.options import (
     positive_int,
     resolve_study,
     study_argument,
+    storage_url,
     study_paths,
     writable_folder,
 )
@@ -40,6 +41,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     launch.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
     launch.add_argument("--deterministic", action="store_true",
                         help="deterministic TensorFlow ops: a seeded 1-worker search repeats trial by trial (slower)")
+    launch.add_argument("--executor", choices=("local", "slurm"), default="local",
+                        help="local: worker processes on this machine (default); slurm: a Slurm job array of "
+                             "--workers tasks, one GPU each, on a PostgreSQL --storage every node reaches")
+    launch.add_argument("--cpu", action="store_true",
+                        help="workers on the CPU: no GPU per worker (with --executor slurm: no --gres=gpu:1)")
+    slurm = launch.add_argument_group("Slurm (--executor slurm; override the study file's slurm: key)")
+    slurm.add_argument("--slurm-partition", help="sbatch --partition")
+    slurm.add_argument("--slurm-time", help="sbatch --time per task, e.g. 2-00:00:00")
+    slurm.add_argument("--slurm-account", help="sbatch --account")
+    slurm.add_argument("--slurm-option", action="append", default=[], metavar="OPTION",
+                       help="another sbatch option, repeatable, written with '=': --slurm-option=--mem=16G")
     launch.set_defaults(handler=cmd_launch)
 
     worker = commands.add_parser("worker", help="join a running study from this machine (one worker process)")
@@ -86,7 +98,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.deterministic:
         config = dataclasses.replace(config, deterministic=True)
     target = args.trials or config.trials
-    gpus = choose_gpus(args.gpus, args.workers)
+    if args.executor == "slurm":
+        return _launch_slurm(args, config, target)
+    gpus = [None] * args.workers if args.cpu else choose_gpus(args.gpus, args.workers)
     threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
     paths = study_paths(args.study_home)
     fix = f"move it away, or keep the study file in another folder than {args.study_home}"
@@ -127,6 +141,57 @@ def cmd_launch(args: argparse.Namespace) -> int:
             f"  hpsearch train --data {shlex.quote(str(data))} --params best.yaml"
         )
     return code
+
+
+def _launch_slurm(args: argparse.Namespace, config, target: int) -> int:
+    """`launch --executor slurm`: submit the workers as a job array, watch the study until its target."""
+    from hpsearch import slurm
+    from hpsearch.cli.results_commands import print_best
+    from hpsearch.launcher import prepare_study
+    from hpsearch.storage import DEFAULT_ENV, describe
+    from hpsearch.vocabulary import counts
+    from hpsearch.worker import ensure_dataset
+
+    url = storage_url(args)
+    slurm.check_storage(url)  # before anything is created: the nodes could not share a journal file
+    slurm.check_installed()
+    settings = slurm.SlurmSettings.merged(
+        config.slurm, partition=args.slurm_partition, time=args.slurm_time, account=args.slurm_account,
+        options=args.slurm_option, cpu=args.cpu,
+    )
+    paths = study_paths(args.study_home)
+    fix = f"move it away, or keep the study file in another folder than {args.study_home}"
+    writable_folder(paths["artifacts"], "trial models", fix)
+    log_dir = paths["logs"] / config.name
+    writable_folder(log_dir, "worker logs", fix)
+    _, storage = open_study_storage(args)
+    ensure_dataset(config)  # the nodes read it from the shared file system
+    study = prepare_study(config, storage, target=target)
+    complete, _ = counts(study)
+    print(f"study {config.name!r} in {describe(url)}: {complete} of {target} complete trials")
+    if complete >= target:
+        print(f"the study already holds {complete} complete trials; raise --trials to search further.")
+        return 0
+    script = log_dir / "slurm-job.sh"
+    script.write_text(slurm.batch_script(
+        study=config.name, workers=args.workers, target=target, settings=settings, log_dir=log_dir,
+        artifacts=paths["artifacts"], workdir=Path.cwd(),
+    ), encoding="utf-8")
+    job = slurm.submit(script, env={**os.environ, DEFAULT_ENV: url})
+    slurm.record_job(study, job, args.workers)
+    print(f"submitted Slurm job {job}: {args.workers} task(s), "
+          f"{'one GPU each' if settings.gpu else 'CPU only'}; script {script}, logs {log_dir}/slurm-{job}_*.log\n"
+          f"watch: squeue -j {job}   or   hpsearch status{_flags(args)}; Ctrl-C cancels the job (the study resumes)")
+    code = slurm.watch(job, study, target=target, log_dir=log_dir)
+    print_best(study, interrupted=code == 130)
+    return code
+
+
+def _flags(args: argparse.Namespace) -> str:
+    from hpsearch.storage import mask_password
+
+    flags = "" if args.study_label is None else f" --study {shlex.quote(args.study_label)}"
+    return flags + (f" --storage {shlex.quote(mask_password(args.storage))}" if args.storage else "")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
