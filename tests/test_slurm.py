@@ -150,10 +150,13 @@ def test_scancel_of_one_task_requeues_its_trial_and_the_study_reaches_its_target
                       env={"HPSEARCH_STORAGE": postgres_url}, cwd=tmp_path)
     try:
         def task_1_runs_a_trial():
-            """a RUNNING trial of array task 1"""
-            study = load(postgres_url)
+            """a RUNNING trial of array task 1, its hyperparameters drawn"""
+            try:
+                study = load(postgres_url)
+            except KeyError:  # the launcher has not created the study yet
+                return None
             running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                       if str(t.user_attrs.get(WORKER_ATTR, "")).endswith("/w1")]
+                       if str(t.user_attrs.get(WORKER_ATTR, "")).endswith("/w1") and t.params]
             return running and (study.user_attrs[SLURM_JOBS_ATTR][-1]["job"], running[0].number)
 
         job, number = wait_for(task_1_runs_a_trial, timeout=300, interval=0.5)
