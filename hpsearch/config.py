@@ -73,6 +73,7 @@ _TRAINING_FIELDS = {
     "clip": "clip",
     "foreground_share": "foreground_share",
     "augment": "augment",
+    "checkpoint_every": "checkpoint_every",
 }
 _TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _SPACE_KEYS = ("low", "high", "log", "step")

@@ -9,6 +9,8 @@ attribute; the trial still completes.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import socket
@@ -27,12 +29,15 @@ from hpsearch.liveness import INTERRUPTED, owner_record
 from hpsearch.vocabulary import (
     BEST_ATTR,
     BEST_STEP_ATTR,
+    CHECKPOINT_ATTR,
     COLLAPSED_ATTR,
     FAIL_REASON_ATTR,
     MODEL_ARTIFACT_ATTR,
     MODEL_ERROR_ATTR,
     OWNER_ATTR,
     PER_CLASS_ATTR,
+    RESUMED_FROM_ATTR,
+    RETRY_OF_ATTR,
     TRAIN_SECONDS_ATTR,
     TRAIN_SEED_ATTR,
     WORKER_ATTR,
@@ -95,6 +100,7 @@ class Objective:
         self.on_progress = on_progress
         self.on_step = on_step
         self.on_eval = on_eval
+        self._checkpoints: dict[int, str] = {}  # trial number -> artifact id of the checkpoint stored last
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, self.worker)
@@ -145,16 +151,23 @@ class Objective:
             if self.on_progress and step % 10 == 0:
                 self.on_progress(trial.number, step, None)
 
+        resume, config = self._resume(trial, config)
+        store = self.artifact_store is not None and config.checkpoint_every
+        on_checkpoint = functools.partial(self._store_checkpoint, trial) if store else None
+
         # Before training, so that a trial that fails still says how to repeat it.
         trial.set_user_attr(TRAIN_SEED_ATTR, config.seed)
         started = time.perf_counter()
         try:
-            result = train(params, self.data, config, on_eval=on_eval, on_step=on_step)
+            result = train(params, self.data, config, on_eval=on_eval, on_step=on_step,
+                           on_checkpoint=on_checkpoint, resume=resume)
         except optuna.TrialPruned:
+            self._drop_checkpoint(trial, finished=True)  # a pruned trial is never re-run
             # A pruned trial's training was spent on the search too.
             trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 4))
             raise
         trial.set_user_attr(TRAIN_SECONDS_ATTR, round(time.perf_counter() - started, 4))
+        self._drop_checkpoint(trial, finished=True)  # trained to the end: nothing left to resume
         trial.set_user_attr(PER_CLASS_ATTR, dict(zip(self.data.class_names[1:], result.final.per_class[1:])))
         if result.collapsed:  # foreground classes at IoU 0 in the final evaluation: swallowed by another
             trial.set_user_attr(COLLAPSED_ATTR, [self.data.class_names[c] for c in result.collapsed])
@@ -173,6 +186,61 @@ class Objective:
         if not math.isfinite(result.final.iou):
             raise ValueError(f"validation IoU is {result.final.iou}")
         return result.final.iou
+
+    def _resume(self, trial: optuna.Trial, config):
+        """(checkpoint or None, training config) for `trial`: a re-run of a trial that stored a checkpoint
+        goes on from it, with that trial's seed; its learning curve so far is reported to this trial."""
+        parent = trial.user_attrs.get(RETRY_OF_ATTR)
+        if parent is None or self.artifact_store is None:
+            return None, config
+        stored = trial.study.trials[parent].user_attrs.get(CHECKPOINT_ATTR)
+        if not stored:
+            return None, config
+        from model import Checkpoint
+
+        with tempfile.TemporaryDirectory(prefix="hpsearch-resume-") as folder:
+            path = Path(folder) / "checkpoint.npz"
+            try:
+                optuna.artifacts.download_artifact(
+                    artifact_store=self.artifact_store, file_path=str(path), artifact_id=stored["artifact"],
+                )
+                checkpoint = Checkpoint.load(path)
+            except Exception as error:  # a lost or unreadable checkpoint costs compute, not the trial
+                print(f"hpsearch worker {self.worker}: trial {trial.number} starts from step 0: the checkpoint of "
+                      f"trial {parent} could not be read ({type(error).__name__}: {error}).", file=sys.stderr, flush=True)
+                return None, config
+        # This trial holds the checkpoint too until it stores its own: a retry of a retry resumes from it.
+        trial.set_user_attr(CHECKPOINT_ATTR, stored)
+        trial.set_user_attr(RESUMED_FROM_ATTR, {"trial": parent, "step": checkpoint.step})
+        for evaluation in checkpoint.state["history"]:
+            trial.report(evaluation["iou"], evaluation["step"])
+        seed = trial.study.trials[parent].user_attrs.get(TRAIN_SEED_ATTR, config.seed)
+        return checkpoint, dataclasses.replace(config, seed=seed)
+
+    def _store_checkpoint(self, trial: optuna.Trial, checkpoint) -> None:
+        """Upload `checkpoint` as an artifact of `trial` and name it in the trial's checkpoint attribute."""
+        with tempfile.TemporaryDirectory(prefix="hpsearch-checkpoint-") as folder:
+            path = checkpoint.save(Path(folder) / f"trial-{trial.number}-step-{checkpoint.step}.npz")
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
+                mimetype="application/octet-stream",
+            )
+        trial.set_user_attr(CHECKPOINT_ATTR, {"artifact": artifact_id, "step": checkpoint.step})
+        self._drop_checkpoint(trial)
+        self._checkpoints[trial.number] = artifact_id
+
+    def _drop_checkpoint(self, trial: optuna.Trial, *, finished: bool = False) -> None:
+        """Remove the checkpoint this worker stored last for `trial`: superseded, or (`finished`) no longer
+        needed, in which case the trial's checkpoint attribute is cleared too."""
+        artifact_id = self._checkpoints.pop(trial.number, None)
+        if artifact_id is None:
+            return
+        if finished:
+            trial.set_user_attr(CHECKPOINT_ATTR, None)
+        try:
+            self.artifact_store.remove(artifact_id)
+        except Exception:  # noqa: BLE001 - a checkpoint left behind costs disk space, nothing else
+            pass
 
     def _store_model(self, trial: optuna.Trial, result, params, config) -> None:
         """Save the trial's model (best validation weights) as an artifact `hpsearch train` could have written."""

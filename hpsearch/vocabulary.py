@@ -34,6 +34,8 @@ BEST_STEP_ATTR = "best_step"
 TRAIN_SECONDS_ATTR = "train_seconds"
 MODEL_ARTIFACT_ATTR = "model_artifact"  # artifact id of the trial's model folder (a .tar)
 MODEL_ERROR_ATTR = "model_error"  # why a complete trial has no stored model
+CHECKPOINT_ATTR = "checkpoint"  # {"artifact", "step"}: the trial's latest training checkpoint (an artifact)
+RESUMED_FROM_ATTR = "resumed_from"  # {"trial", "step"}: the checkpoint a re-run went on from
 
 
 def best_trial(

@@ -32,6 +32,7 @@ _FACE = {
     "TrainConfig": "model.config",
     "PRECISIONS": "model.config",
     "LOSSES": "model.config",
+    "Checkpoint": "model.checkpoint",
     # inference
     "segment": "model.segmentation",
     "predict_labels": "model.inference",

@@ -34,6 +34,8 @@ class TrainConfig:
         foreground_share: share of training blocks that hold foreground.
         augment: augment training blocks on the fly (model/augment.py): flips, in-plane rotation
             and scaling, intensity scale, shift and gamma.
+        checkpoint_every: evaluations between two checkpoints of a run that asks for them
+            (train's on_checkpoint; a search stores them with each trial); 0 for none.
         seed: seeds initialisation and block sampling; None draws a fresh one.
         deterministic: also make TensorFlow's ops deterministic (slower), for repeatable runs.
     """
@@ -48,6 +50,7 @@ class TrainConfig:
     clip: str = "global"
     foreground_share: float = 1 / 3
     augment: bool = False
+    checkpoint_every: int = 2
     seed: int | None = 0
     deterministic: bool = False
 
@@ -57,6 +60,8 @@ class TrainConfig:
                 f"steps ({self.steps}), eval_every ({self.eval_every}), batch_size ({self.batch_size}) "
                 f"and depth ({self.depth}) must all be at least 1."
             )
+        if self.checkpoint_every < 0:
+            raise InputError(f"checkpoint_every ({self.checkpoint_every}) must be 0 (none) or more evaluations.")
         multiple = 2**self.depth
         if len(self.patch_shape) != 3 or any(s < 1 or s % multiple for s in self.patch_shape):
             raise InputError(

@@ -72,6 +72,14 @@ class PatchSampler:
         self._with_foreground = sorted({i for cases in self._coords.values() for i in cases})
         self._drawn = 0
 
+    def state(self) -> dict:
+        """The sampler's position (JSON-safe): `set_state` on a sampler of the same cases goes on from it."""
+        return {"rng": self._rng.bit_generator.state, "drawn": self._drawn}
+
+    def set_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._drawn = int(state["drawn"])
+
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         """One batch: images float32 (B, px, py, pz, C), one-hot labels float32 (B, px, py, pz, K)."""
         images, labels = [], []

@@ -14,6 +14,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from model.checkpoint import Checkpoint
 from model.config import TrainConfig
 from model.data import Case, TrainData
 from model.errors import InputError, TrainingDiverged
@@ -125,6 +126,8 @@ def train(
     on_eval: Callable[[int, float], None] | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_collapse: Callable[[int, list[int]], None] | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    resume: Checkpoint | None = None,
 ) -> TrainResult:
     """Train a U-Net for `config.steps` steps; return it with its best validation weights.
 
@@ -141,6 +144,11 @@ def train(
         on_collapse: called as on_collapse(step, class indices) at an evaluation where foreground
             classes that were not reported before have IoU 0 past the first quarter of training
             (another class swallowed them), before on_eval.
+        on_checkpoint: called with a Checkpoint after every `config.checkpoint_every`-th
+            evaluation before the last step (the caller stores it), after on_eval.
+        resume: a Checkpoint of an earlier run of the same params, config and data: training
+            goes on from its step with its weights, optimizer state, block sampler position,
+            evaluations and best weights, as if it had not stopped.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (before on_step sees that step).
@@ -167,7 +175,11 @@ def train(
     best_weights = None
     recent_losses: list[float] = []
     reported: set[int] = set()  # collapsed classes already passed to on_collapse
-    for step in range(1, config.steps + 1):
+    first_step = 1
+    if resume is not None:
+        history, best, best_weights, reported = _restore(resume, model, sampler)
+        first_step = resume.step + 1
+    for step in range(first_step, config.steps + 1):
         images, labels = sampler.next_batch()
         loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
         if not math.isfinite(loss):
@@ -190,10 +202,56 @@ def train(
                 on_collapse(step, newly)
             if on_eval is not None:
                 on_eval(step, evaluation.iou)
+            every = config.checkpoint_every
+            if on_checkpoint is not None and every and len(history) % every == 0 and step < config.steps:
+                on_checkpoint(_checkpoint(step, model, sampler, history, best, best_weights, reported))
     final = history[-1]
     model.set_weights(best_weights)
     return TrainResult(model, best, final, history, time.perf_counter() - started, config.steps,
                        collapsed=collapsed_classes(final, config.steps))
+
+
+def _checkpoint(step, model, sampler, history, best, best_weights, reported) -> Checkpoint:
+    """The run's state right after the evaluation at `step` (no training losses pending)."""
+    return Checkpoint(
+        step=step,
+        arrays={
+            "model": [np.asarray(v) for v in model.variables],
+            "optimizer": [np.asarray(v) for v in model.optimizer.variables],
+            "best_weights": list(best_weights),
+        },
+        state={
+            "sampler": sampler.state(),
+            "history": [_evaluation_state(e) for e in history],
+            "best": next(i for i, e in enumerate(history) if e is best),
+            "reported": sorted(reported),
+        },
+    )
+
+
+def _restore(checkpoint: Checkpoint, model, sampler):
+    """Load `checkpoint` into a freshly built `model` and `sampler`; (history, best, best weights, reported)."""
+    for name, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+        arrays = checkpoint.arrays.get(name, [])
+        if len(arrays) != len(variables) or any(a.shape != tuple(v.shape) for a, v in zip(arrays, variables)):
+            raise InputError(f"the checkpoint at step {checkpoint.step} was written by a different network or "
+                             "optimizer; it cannot resume this run.")
+        for variable, array in zip(variables, arrays):
+            variable.assign(array)
+    sampler.set_state(checkpoint.state["sampler"])
+    history = [_evaluation_from_state(e) for e in checkpoint.state["history"]]
+    return history, history[checkpoint.state["best"]], checkpoint.arrays["best_weights"], set(checkpoint.state["reported"])
+
+
+def _evaluation_state(evaluation: Evaluation) -> dict:
+    state = dataclasses.asdict(evaluation)
+    state["case_counts"] = {name: np.asarray(c).tolist() for name, c in evaluation.case_counts.items()}
+    return state
+
+
+def _evaluation_from_state(state: dict) -> Evaluation:
+    counts = {name: np.asarray(c, dtype=np.int64) for name, c in state.pop("case_counts").items()}
+    return Evaluation(**state, case_counts=counts)
 
 
 def _enable_op_determinism() -> None:
