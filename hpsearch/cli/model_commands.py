@@ -19,13 +19,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = data_commands.add_parser("synth", help="write synthetic cardiac MR stacks in MSD layout")
     synth.add_argument("out", help="new folder to write the dataset into")
-    synth.add_argument("--cases", type=positive_int, default=40,
-                       help="number of cases (default: 40: 24 training, 8 validation, 8 test)")
-    synth.add_argument("--shape", type=shape_argument, default=(192, 192, 12),
-                       help="volume size XxYxZ (default: 192x192x12)")
+    defaults = synth_defaults()
+    synth.add_argument("--cases", type=positive_int, default=defaults["cases"],
+                       help=f"number of cases (default: {defaults['cases']})")
+    synth.add_argument("--shape", type=shape_argument, default=defaults["shape"],
+                       help=f"volume size XxYxZ (default: {'x'.join(map(str, defaults['shape']))})")
     synth.add_argument("--vary-shape", action="store_true",
                        help="vary the size per case like the paper's data (128/192/256 in plane, 10-15 slices)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synth.add_argument("--seed", type=int, default=defaults["seed"], help=f"random seed (default: {defaults['seed']})")
     synth.add_argument("--myocardium", action="store_true", help="label the myocardium ring as class 2")
     synth.set_defaults(handler=cmd_data_synth)
 
@@ -50,6 +51,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                           help="which cases (default: test, the split recorded with the model)")
     add_precision_option(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
+
+
+def synth_defaults() -> dict:
+    """write_dataset's keyword defaults (cases, shape, seed, ...): the one place they are set."""
+    import inspect
+
+    from model import write_dataset
+
+    return {name: p.default for name, p in inspect.signature(write_dataset).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
