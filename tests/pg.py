@@ -239,7 +239,8 @@ class LocalServer:
         self._user = _unprivileged_user() if os.geteuid() == 0 else None
         if self._user:
             os.chown(self.folder, self._user.pw_uid, self._user.pw_gid)
-        atexit.register(self.close)  # also stopped where pytest dies before the fixture's teardown
+        atexit.register(self.close)  # also stopped where pytest exits before the fixture's teardown
+        self._watchdog: subprocess.Popen | None = None
         auth = ["--auth=trust"]
         if password is not None:
             pwfile = os.path.join(self.folder, "password")
@@ -251,12 +252,27 @@ class LocalServer:
         try:
             self._run("initdb", "-D", self.data, "-U", "postgres", *auth, "--no-sync", "-E", "UTF8")
             self.start()
+            self._watchdog = self._watch()
         except BaseException:
             self.close()
             raise
 
+    def _switch(self) -> dict:
+        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []} if self._user else {}
+
+    def _watch(self) -> subprocess.Popen:
+        """A shell that stops the server and deletes its folder once this process is gone, so a
+        session killed by a timeout (no teardown, no atexit) leaves no server behind."""
+        script = 'while kill -0 "$0" 2>/dev/null || [ -d "/proc/$0" ]; do sleep 2; done; "$1" -D "$2" -m immediate -w stop; rm -rf "$3"'
+        pg_ctl = os.path.join(self.bindir, "pg_ctl")
+        return subprocess.Popen(
+            ["sh", "-c", script, str(os.getpid()), pg_ctl, self.data, self.folder],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=self.folder, start_new_session=True, **self._switch(),
+        )
+
     def _run(self, program: str, *args: str) -> None:
-        switch = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []} if self._user else {}
+        switch = self._switch()
         result = subprocess.run(
             [os.path.join(self.bindir, program), *args], capture_output=True, text=True, timeout=120, cwd=self.folder, **switch
         )
@@ -302,6 +318,9 @@ class LocalServer:
             return
         self._closed = True
         atexit.unregister(self.close)
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait()
         try:
             if os.path.exists(os.path.join(self.data, "postmaster.pid")):
                 self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
