@@ -93,13 +93,14 @@ CONNECTION_ERROR = re.compile(
     r"server closed the connection|lost the connection|QueuePool limit",
     re.IGNORECASE,
 )
+NO_RECORD = "no record"  # the error of a worker that wrote no JSON record
 START_TIMEOUT = 600.0  # s for all workers to open the storage on a loaded machine
 
 
 # ---------------------------------------------------------------- one worker (a child process)
 
 
-def open_setting(url: str, setting: str, heartbeat_interval: int, grace_period: int) -> RDBStorage:
+def open_setting(url: str, setting: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
     """The storage a worker of `setting` uses (see the module docstring)."""
     if setting == "hpsearch":
         return open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -178,11 +179,11 @@ def worker(index: int, url: str, setting: str, trials: int, duration: float, sle
             study.tell(trial, value)
             record["tell_s"].append(time.perf_counter() - start)
             record["told"].append(trial.number)
+        record["end"] = time.time()
+        if storage is not None:  # hpsearch's storage wraps an RDBStorage as .rdb
+            getattr(storage, "rdb", storage).engine.dispose()
     except Exception as error:  # noqa: BLE001
-        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
-    record["end"] = time.time()
-    if storage is not None:
-        storage.engine.dispose()
+        record["error"] = record["error"] or f"{type(error).__name__}: {error}".splitlines()[0]
     Path(folder, f"worker-{index}.json").write_text(json.dumps(record))
     stderr.flush()
     sys.exit(1 if record["error"] else 0)
@@ -282,7 +283,7 @@ def run(url: str, *, workers: int, setting: str, trials: int = 40, duration: flo
         records = []
         for i, process in enumerate(processes):
             path = Path(folder, f"worker-{i}.json")
-            record = json.loads(path.read_text()) if path.exists() else {"index": i, "asked": [], "told": [], "ask_s": [], "tell_s": [], "error": "no result file", "end": None}
+            record = json.loads(path.read_text()) if path.exists() else {"index": i, "asked": [], "told": [], "ask_s": [], "tell_s": [], "error": NO_RECORD, "end": None}
             record["exitcode"] = process.exitcode
             record["stderr"] = Path(folder, f"worker-{i}.stderr").read_text(errors="replace") if Path(folder, f"worker-{i}.stderr").exists() else ""
             records.append(record)
@@ -292,7 +293,8 @@ def run(url: str, *, workers: int, setting: str, trials: int = 40, duration: flo
 
 def summarize(url: str, records: list[dict], go: float, startup: float, *, setting: str, workers: int,
               peaks: tuple[int | None, int | None]) -> dict:
-    """Figures and bookkeeping checks of one run, from the workers' records and the database."""
+    """Figures and bookkeeping checks of one run, from the workers' records and the database.
+"""
     asked = [n for r in records for n in r["asked"]]
     told = [n for r in records for n in r["told"]]
     with warnings.catch_warnings():
@@ -306,6 +308,9 @@ def summarize(url: str, records: list[dict], go: float, startup: float, *, setti
     ask = [s * 1000 for r in records for s in r["ask_s"]]
     tell = [s * 1000 for r in records for s in r["tell_s"]]
     errors = [r["error"] for r in records if r["error"]]
+    # A worker that died without a record says why on stderr (its last line).
+    errors += [([line for line in r["stderr"].splitlines() if line.strip()] or ["no stderr"])[-1]
+               for r in records if r["error"] == NO_RECORD]
     connection_errors = sum(bool(CONNECTION_ERROR.search(e)) for e in errors) + sum(
         len(CONNECTION_ERROR.findall(r["stderr"])) for r in records
     )
