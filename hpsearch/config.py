@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from model import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, InputError, TrainConfig, refused_yaml_tag
 from hpsearch._sampler import NeighborhoodSampler
 from hpsearch.errors import UsageError
+from hpsearch.preflight import format_bytes, memory_limit, training_step_bytes
 
 CHANNELS = TABLE1_NAMES["channels"]
 
@@ -52,6 +54,10 @@ PRUNERS = {
     "threshold": "ThresholdPruner",
 }
 
+# A study name is also the folder of its worker logs (studies/logs/<name>): no separators, no "..".
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+STUDY_NAME_RULE = "1-64 letters, digits, '-', '_' or '.', not starting with '.'"
+SEED_MAX = 2**32 - 1  # numpy's largest seed (np.random.seed, hence keras.utils.set_random_seed)
 _TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "deterministic", "sampler", "pruner", "start", "search_space", "slurm")
 # How trials draw their training seeds: "per_trial" trains trial n with seed + n; "shared" trains
 # every trial with the study seed itself (the same initial weights where the channels match, the
@@ -127,12 +133,12 @@ class StudyConfig:
         return _build_pruner(self.pruner or {"name": "none"}, "the study")
 
     def train_config(self, trial_number: int) -> TrainConfig:
-        """How trial `trial_number` trains: its seed is the study seed plus the trial number, or
-        the study seed itself when trial_seeds is "shared"."""
+        """How trial `trial_number` trains: its seed is the study seed plus the trial number (past
+        SEED_MAX, counted again from 0), or the study seed itself when trial_seeds is "shared"."""
         if self.seed is None or self.trial_seeds == "shared":
             seed = self.seed
         else:
-            seed = self.seed + trial_number
+            seed = (self.seed + trial_number) % (SEED_MAX + 1)
         return TrainConfig(**self.training, seed=seed, deterministic=self.deterministic)
 
     def hyperparameters(self, params: Mapping[str, Any]) -> Hyperparameters:
@@ -166,7 +172,8 @@ class StudyConfig:
     def from_dict(cls, d: Mapping[str, Any], *, check_data: bool = True) -> StudyConfig:
         """Check and rebuild a study from `to_dict`'s form (or a parsed study file).
 
-        `check_data=False` skips the dataset-folder check, for machines that only read the study.
+        `check_data=False` skips the checks about this machine (the dataset folder, the memory a
+        training step needs), for machines that only read the study.
         """
         if not isinstance(d, Mapping):
             raise UsageError(f"a study definition must be a mapping, got {type(d).__name__}.")
@@ -255,14 +262,20 @@ class _Checker:
                 raise self.fail(f"{place} lacks the required key {key!r}; add it.")
         return value
 
-    def integer(self, value: Any, place: str, minimum: int | None = None) -> int:
+    def integer(self, value: Any, place: str, minimum: int | None = None, maximum: int | None = None) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
+        allowed = _range_text(minimum, maximum)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{place} must be a whole number, got {value!r}.")
+            raise self.fail(f"{place} must be a whole number{allowed}, got {value!r}.")
+        if maximum is not None and minimum is not None and not minimum <= value <= maximum:
+            raise self.fail(f"{place} must be in [{minimum}, {maximum}], got {value}.")
         if minimum is not None and value < minimum:
             raise self.fail(f"{place} must be at least {minimum}, got {value}.")
         return value
+
+    def seed(self, value: Any, place: str) -> int:
+        return self.integer(value, place, minimum=0, maximum=SEED_MAX)
 
     def number(self, value: Any, place: str) -> float:
         # YAML 1.1 reads "1e-6" (no dot) as a string; accept it like model.params does.
@@ -297,10 +310,16 @@ class _Checker:
         return shape  # type: ignore[return-value]
 
 
+def _range_text(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    return "" if minimum is None else f" ≥ {minimum}"
+
+
 def _parse(document: dict, check: _Checker, source: Path | None, base: Path, check_data: bool) -> StudyConfig:
     """Check a parsed study document and build the StudyConfig."""
     check.mapping(document, "the top level", _TOP_KEYS, required=("study", "data", "training", "trials", "search_space"))
-    name = check.string(document["study"], "study")
+    name = _parse_name(check, document["study"])
     data = check.mapping(document["data"], "data", _DATA_KEYS, required=("path",))
     data_path = Path(os.path.normpath(base / Path(check.string(data["path"], "data.path")).expanduser()))
     synth = _parse_synth(check, data.get("synth"))
@@ -311,7 +330,7 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
     trials = check.integer(document["trials"], "trials", minimum=1)
     seed = document.get("seed")
     if seed is not None:
-        seed = check.integer(seed, "seed", minimum=0)
+        seed = check.seed(seed, "seed")
     trial_seeds = document.get("trial_seeds", "per_trial")
     if trial_seeds not in TRIAL_SEEDS:
         raise check.fail(f"trial_seeds must be one of {', '.join(TRIAL_SEEDS)}, got {trial_seeds!r}.")
@@ -320,6 +339,8 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
     deterministic = check.boolean(document.get("deterministic", False), "deterministic")
     start = _parse_start(check, document.get("start"))
     search_space = _parse_search_space(check, document["search_space"], start)
+    if check_data:
+        _check_memory(check, training, search_space[CHANNELS]["high"] if CHANNELS in search_space else start[CHANNELS])
     sampler = _parse_component(check, document.get("sampler"), "sampler", SAMPLERS)
     pruner = _parse_component(check, document.get("pruner"), "pruner", PRUNERS)
     if sampler is None:
@@ -354,6 +375,31 @@ def _parse_slurm(check: _Checker, value: Any) -> dict | None:
     return result
 
 
+def _parse_name(check: _Checker, value: Any) -> str:
+    name = check.string(value, "study")
+    if not STUDY_NAME.fullmatch(name):
+        raise check.fail(f"study name {name!r} is not allowed; use {STUDY_NAME_RULE} "
+                         "(it names the folder of the study's worker logs).")
+    return name
+
+
+def _check_memory(check: _Checker, training: dict, channels: int) -> None:
+    """Refuse training shapes whose step would not fit in memory (hpsearch.preflight's estimate)."""
+    limit, source = memory_limit()
+    if limit is None:
+        return
+    patch, batch = training["patch_shape"], training["batch_size"]
+    needed = training_step_bytes(channels=channels, depth=training["depth"], patch=patch, batch=batch,
+                                 block=training["block"])
+    if needed > limit:
+        raise check.fail(
+            f"training with patch {_format_shape(patch)}, batch {batch}, up to {channels} channels, depth "
+            f"{training['depth']} and the {training['block']} block needs about {format_bytes(needed)} per worker, "
+            f"more than {format_bytes(limit)} ({source}); lower training.patch, training.batch or the channels' "
+            "search_space high, or set $HPSEARCH_MEMORY_LIMIT to the memory of the workers' machine."
+        )
+
+
 def _parse_synth(check: _Checker, value: Any) -> dict | None:
     if value is None:
         return None
@@ -364,14 +410,14 @@ def _parse_synth(check: _Checker, value: Any) -> dict | None:
     low, high = _SYNTH_SIZE
     if not all(low <= s <= high for s in synth["shape"]):
         raise check.fail(f"data.synth.shape {_format_shape(synth['shape'])} needs every size in [{low}, {high}].")
-    synth["seed"] = check.integer(synth["seed"], "data.synth.seed", minimum=0)
+    synth["seed"] = check.seed(synth["seed"], "data.synth.seed")
     synth["myocardium"] = check.boolean(synth["myocardium"], "data.synth.myocardium")
     return synth
 
 
 def _parse_split(check: _Checker, value: Any) -> dict:
     split = {**_SPLIT_DEFAULTS, **check.mapping({} if value is None else value, "data.split", tuple(_SPLIT_DEFAULTS))}
-    split["seed"] = check.integer(split["seed"], "data.split.seed", minimum=0)
+    split["seed"] = check.seed(split["seed"], "data.split.seed")
     for key in ("val_fraction", "test_fraction"):
         split[key] = check.number(split[key], f"data.split.{key}")
         if not 0.0 <= split[key] < 1.0:
@@ -500,7 +546,7 @@ def _parse_component(check: _Checker, value: Any, kind: str, known: dict[str, st
     if not isinstance(value, dict) or "name" not in value:
         raise check.fail(f"{kind} must be a mapping with a 'name' ({', '.join(known)}), got {value!r}.")
     name = value["name"]
-    if name not in known:
+    if not isinstance(name, str) or name not in known:
         raise check.fail(f"{kind} name {name!r} is unknown; choose one of {', '.join(known)}.")
     options = {key: v for key, v in value.items() if key != "name"}
     parameters = inspect.signature(_class(kind, name)).parameters
@@ -516,10 +562,157 @@ def _parse_component(check: _Checker, value: Any, kind: str, known: dict[str, st
             raise check.fail(f"unknown option {key!r} for {kind} {name!r}; its options are: {', '.join(settable)}.")
         if not _json_safe(option):
             raise check.fail(f"{kind} option {key!r} must be a number, string, boolean, list or mapping, got {option!r}.")
+        options[key] = _check_option(check, f"{kind}.{key}", option, parameters[key], _OPTION_RANGES.get(name, {}).get(key))
     for p in settable:
         if parameters[p].default is inspect.Parameter.empty and p not in options:
             raise check.fail(f"{kind} {name!r} needs the option {p!r}; add it to the {kind} section.")
+    if name == "hyperband":
+        low = options.get("min_resource", parameters["min_resource"].default)
+        high = options.get("max_resource", parameters["max_resource"].default)
+        if high != "auto" and high < low:
+            raise check.fail(f"pruner.max_resource: {high!r} is below min_resource {low!r}; raise it to at least "
+                             f"{low!r}, or write 'auto'.")
     return {"name": name, **options}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """The values a sampler or pruner option may take beyond its type: [low, high] (low excluded where
+    low_open), or for a string one of `words`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    words: tuple[str, ...] = ()
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return not self.words or value in self.words
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f" in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f" {'>' if self.low_open else '≥'} {self.low:g}"
+        return ""
+
+
+_NONE = _Range()
+_AT_LEAST_0, _AT_LEAST_1, _AT_LEAST_2, _PROBABILITY = _Range(0), _Range(1), _Range(2), _Range(0, 1)
+_MEDIAN_RANGES = {"n_startup_trials": _AT_LEAST_0, "n_warmup_steps": _AT_LEAST_0, "interval_steps": _AT_LEAST_1,
+                  "n_min_trials": _AT_LEAST_1}
+# Ranges Optuna checks only at the first trial, or never (a ZeroDivisionError then); by sampler or pruner name.
+_OPTION_RANGES: dict[str, dict[str, _Range]] = {
+    "neighborhood": {"factor": _Range(1, low_open=True), "keep_categorical": _PROBABILITY,
+                     "scale": _Range(words=("log", "uniform"))},
+    "tpe": {"n_startup_trials": _AT_LEAST_0, "n_ei_candidates": _AT_LEAST_1, "prior_weight": _AT_LEAST_0},
+    "cmaes": {"n_startup_trials": _AT_LEAST_0, "sigma0": _Range(0, low_open=True), "popsize": _AT_LEAST_1,
+              "restart_strategy": _Range(words=("ipop", "bipop"))},
+    "qmc": {"qmc_type": _Range(words=("sobol", "halton"))},
+    "gp": {"n_startup_trials": _AT_LEAST_0},
+    "nsgaii": {"population_size": _AT_LEAST_2, "mutation_prob": _PROBABILITY, "crossover_prob": _PROBABILITY,
+               "swapping_prob": _PROBABILITY},
+    "median": _MEDIAN_RANGES,
+    "percentile": {"percentile": _Range(0, 100), **_MEDIAN_RANGES},
+    "hyperband": {"min_resource": _AT_LEAST_1, "max_resource": _Range(1, words=("auto",)),
+                  "reduction_factor": _AT_LEAST_2, "bootstrap_count": _AT_LEAST_0},
+    "successive_halving": {"min_resource": _Range(1, words=("auto",)), "reduction_factor": _AT_LEAST_2,
+                           "min_early_stopping_rate": _AT_LEAST_0, "bootstrap_count": _AT_LEAST_0},
+    "threshold": {"n_warmup_steps": _AT_LEAST_0, "interval_steps": _AT_LEAST_1},
+}
+_NO_VALUE = object()  # an option value not (yet) accepted
+_KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a string",
+               "mapping": "a mapping", "None": "null"}
+
+
+def _check_option(check: _Checker, place: str, value: Any, parameter: inspect.Parameter, limits: _Range | None) -> Any:
+    """One sampler or pruner option against the type its class annotates and its _OPTION_RANGES entry.
+
+    Returns the value, a whole float as an int where an int is wanted ("1e-3" as a float where only
+    a number is). Options typed as Python objects (callables, samplers) cannot be written in YAML.
+    """
+    kinds = _annotation_kinds(parameter.annotation)
+    if kinds is None:  # not annotated: the constructor checks it
+        return value
+    limits = limits or _NONE
+    if value is None and ("None" in kinds or parameter.default is None):
+        return None
+    simple = kinds - {"object"}
+    if not simple - {"None"}:
+        raise check.fail(f"{place} takes a Python object ({parameter.annotation}), which a study file cannot hold; remove it.")
+    accepted: Any = _NO_VALUE
+    if isinstance(value, bool):
+        accepted = value if "bool" in kinds else _NO_VALUE
+    elif isinstance(value, int):
+        if "int" in kinds:
+            accepted = value
+        elif "float" in kinds and _finite(value):
+            accepted = value
+    elif isinstance(value, float) and math.isfinite(value):
+        if "int" in kinds and value.is_integer():
+            accepted = int(value)
+        elif "float" in kinds:
+            accepted = value
+    elif isinstance(value, str):
+        if "str" in kinds and (not limits.words or value in limits.words):
+            accepted = value
+        elif "str" not in kinds and "float" in kinds:
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string, as number() does
+                accepted = float(value) if math.isfinite(float(value)) else _NO_VALUE
+            except ValueError:
+                pass
+    elif isinstance(value, dict) and "mapping" in kinds:
+        accepted = value
+    if accepted is _NO_VALUE or not limits.holds(accepted):
+        raise check.fail(f"{place}: {value!r} must be {_describe(simple, limits)}.")
+    return accepted
+
+
+def _finite(number: int) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False
+
+
+def _annotation_kinds(annotation: Any) -> set[str] | None:
+    """An annotation such as 'int | None' or float as kinds: int, float, bool, str, mapping, None, object."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts, depth, current = [], 0, ""
+    for char in text:  # split at the top-level "|" only: Callable[[...], X | None] is one part
+        depth += char == "["
+        depth -= char == "]"
+        if char == "|" and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    parts.append(current.strip())
+    kinds = set()
+    for part in parts:
+        if part in ("int", "float", "bool", "str", "None"):
+            kinds.add(part)
+        elif part.startswith(("dict[str", "Mapping[str")):
+            kinds.add("mapping")
+        else:
+            kinds.add("object")
+    return kinds
+
+
+def _describe(kinds: set[str], limits: _Range) -> str:
+    """What an option may be, e.g. "'auto' or a whole number ≥ 1", "a number in [0, 1] or null"."""
+    parts = [repr(word) for word in limits.words]
+    for kind in ("int", "float", "bool", "str", "mapping", "None"):
+        if kind in kinds and not (kind == "float" and "int" in kinds) and not (kind == "str" and limits.words):
+            parts += _KIND_WORDS[kind].split(" or ") if kind == "bool" else [_KIND_WORDS[kind]]
+            parts[-1] += limits.text() if kind in ("int", "float") else ""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
 def _json_safe(value: Any) -> bool:
@@ -566,7 +759,9 @@ def _construct(cls: type, options: dict, what: str) -> Any:
         try:
             return cls(**options)
         except (TypeError, ValueError) as error:
-            raise UsageError(f"{what} refused its options ({str(error).rstrip('.')}); fix them in the study file.") from None
+            given = ", ".join(f"{key}: {value!r}" for key, value in options.items() if key not in ("seed", "start"))
+            raise UsageError(f"{what} refused {'the options ' + given if given else 'its defaults'} "
+                             f"({str(error).rstrip('.')}); fix them in the study file.") from None
 
 
 def _format_shape(shape: tuple[int, ...] | list[int]) -> str:

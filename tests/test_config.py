@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from hpsearch import config as config_module
@@ -211,6 +217,11 @@ def test_train_config_seeds_each_trial(tmp_path):
     assert config.trial_seeds == "per_trial"  # the default
 
 
+def test_per_trial_seeds_stay_in_numpys_seed_range(tmp_path):
+    config = load(tmp_path, seed=config_module.SEED_MAX)
+    assert [config.train_config(n).seed for n in (0, 1, 2)] == [config_module.SEED_MAX, 0, 1]
+
+
 def test_shared_trial_seeds_train_every_trial_with_the_study_seed(tmp_path):
     config = load(tmp_path, trial_seeds="shared")
     assert [config.train_config(n).seed for n in (0, 1, 5)] == [7, 7, 7]
@@ -272,6 +283,59 @@ def test_pruners(tmp_path, section, cls):
     config = load(tmp_path, pruner=section)
     assert type(config.make_pruner()) is cls
     assert config.pruner is None if cls is optuna.pruners.NopPruner else config.pruner == section
+
+
+def _run_trials(sampler, pruner, config: StudyConfig, trials: int = 12, steps: int = 4) -> optuna.Study:
+    """A real in-memory study over the config's search space; each trial reports `steps` values."""
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    space = config.distributions()
+
+    def objective(trial):
+        params = {}
+        for name, d in space.items():
+            if isinstance(d, IntDistribution):
+                params[name] = trial.suggest_int(name, d.low, d.high, log=d.log, step=d.step)
+            else:
+                params[name] = trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
+        value = params[LR] * 100
+        for step in range(1, steps + 1):
+            trial.report(value * step / steps, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning, FutureWarning of deprecated options
+        study.optimize(objective, n_trials=trials, catch=())
+    return study
+
+
+# Options Optuna's constructors take, but which break every trial (or no check would catch).
+ACCEPTED_BY_OPTUNA_FAILING_A_TRIAL = [
+    ("pruner", {"name": "hyperband", "reduction_factor": 1}, r"pruner.reduction_factor: 1 must be a whole number ≥ 2"),
+    ("pruner", {"name": "hyperband", "min_resource": 0}, r"pruner.min_resource: 0 must be a whole number ≥ 1"),
+    ("pruner", {"name": "hyperband", "bootstrap_count": -1}, r"pruner.bootstrap_count: -1 must be a whole number ≥ 0"),
+    ("pruner", {"name": "hyperband", "reduction_factor": "x"}, r"pruner.reduction_factor: 'x' must be a whole number ≥ 2"),
+    ("sampler", {"name": "tpe", "n_startup_trials": "four"}, r"sampler.n_startup_trials: 'four' must be a whole number ≥ 0"),
+    ("sampler", {"name": "tpe", "n_ei_candidates": 0}, r"sampler.n_ei_candidates: 0 must be a whole number ≥ 1"),
+    ("sampler", {"name": "tpe", "prior_weight": -1.0}, r"sampler.prior_weight: -1.0 must be a number ≥ 0"),
+    ("sampler", {"name": "tpe", "gamma": 3}, r"sampler.gamma takes a Python object"),
+]
+
+
+@pytest.mark.parametrize("kind, section, match", ACCEPTED_BY_OPTUNA_FAILING_A_TRIAL,
+                         ids=[f"{s['name']}-{next(iter(set(s) - {'name'}))}" for _, s, _ in ACCEPTED_BY_OPTUNA_FAILING_A_TRIAL])
+def test_options_that_would_fail_the_first_trial_are_refused_at_load(tmp_path, kind, section, match):
+    options = {key: value for key, value in section.items() if key != "name"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FutureWarning of deprecated TPE options
+        built = config_module._class(kind, section["name"])(**options)  # Optuna's constructor takes them ...
+    good = load(tmp_path)
+    with pytest.raises(Exception):  # ... and the trials fail
+        _run_trials(built if kind == "sampler" else None, built if kind == "pruner" else None, good)
+    with pytest.raises(UsageError, match=match) as caught:  # so the study file is refused when it is read
+        load(tmp_path, **{kind: section})
+    assert "\n" not in str(caught.value)
 
 
 def test_median_pruner_gets_its_options(tmp_path):
@@ -370,8 +434,8 @@ BAD = [
     # types and top-level values
     ({"study": ""}, r"study must be a non-empty string"),
     ({"trials": 0}, r"trials must be at least 1, got 0"),
-    ({"trials": "many"}, r"trials must be a whole number, got 'many'"),
-    ({"seed": -1}, r"seed must be at least 0, got -1"),
+    ({"trials": "many"}, r"trials must be a whole number ≥ 1, got 'many'"),
+    ({"seed": -1}, r"seed must be in \[0, 4294967295\], got -1"),
     ({"deterministic": "yes"}, r"deterministic must be true or false, got 'yes'"),
     ({"trial_seeds": "same"}, r"trial_seeds must be one of per_trial, shared, got 'same'"),
     ({"trial_seeds": "shared", "seed": DELETE}, r"trial_seeds: shared needs a seed for every trial to share; add e.g. seed: 0"),
@@ -414,15 +478,61 @@ BAD = [
     ({"sampler": {"factor": 5}}, r"sampler must be a mapping with a 'name'"),
     ({"sampler": {"name": "tpe", "n_start_trials": 3}}, r"unknown option 'n_start_trials' for sampler 'tpe'; its options are: .*n_startup_trials"),
     ({"sampler": {"name": "random", "x": 1}}, r"sampler 'random' takes no options; remove 'x'"),
-    ({"sampler": {"name": "neighborhood", "factor": 0.5}}, r"sampler 'neighborhood' refused its options \(factor must be .* greater than 1"),
-    ({"sampler": {"name": "neighborhood", "scale": "linear"}}, r"sampler 'neighborhood' refused its options \(scale must be 'log' or 'uniform'"),
+    ({"sampler": {"name": "neighborhood", "factor": 0.5}}, r"sampler.factor: 0.5 must be a number > 1\."),
+    ({"sampler": {"name": "neighborhood", "scale": "linear"}}, r"sampler.scale: 'linear' must be 'log' or 'uniform'\."),
     ({"sampler": {"name": "tpe", "seed": 3}}, r"sampler option 'seed' is set by the study's top-level 'seed' key"),
     ({"sampler": {"name": "neighborhood", "start": {}}}, r"sampler option 'start' is set by the study's top-level 'start' key"),
     # pruner
     ({"pruner": {"name": "early"}}, r"pruner name 'early' is unknown; choose one of none, median, percentile, hyperband, successive_halving"),
     ({"pruner": {"name": "none", "patience": 3}}, r"pruner 'none' takes no options; remove 'patience'"),
     ({"pruner": {"name": "percentile"}}, r"pruner 'percentile' needs the option 'percentile'"),
-    ({"pruner": {"name": "median", "n_startup_trials": -1}}, r"pruner 'median' refused its options \(.*n_startup_trials"),
+    ({"pruner": {"name": "median", "n_startup_trials": -1}}, r"pruner.n_startup_trials: -1 must be a whole number ≥ 0\."),
+    # seeds: whole numbers in numpy's seed range
+    ({"seed": 2**32}, r"seed must be in \[0, 4294967295\], got 4294967296\."),
+    ({"seed": "lucky"}, r"seed must be a whole number in \[0, 4294967295\], got 'lucky'\."),
+    ({"seed": True}, r"seed must be a whole number in \[0, 4294967295\], got True\."),
+    ({"data.synth.seed": -3}, r"data.synth.seed must be in \[0, 4294967295\], got -3\."),
+    ({"data.split.seed": 2**40}, r"data.split.seed must be in \[0, 4294967295\], got 1099511627776\."),
+    # study names: they name a folder
+    ({"study": "../escape"}, r"study name '../escape' is not allowed; use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"),
+    ({"study": "a/b"}, r"study name 'a/b' is not allowed; use 1-64 letters"),
+    ({"study": ".hidden"}, r"study name '.hidden' is not allowed"),
+    ({"study": ".."}, r"study name '..' is not allowed"),
+    ({"study": "my study"}, r"study name 'my study' is not allowed"),
+    ({"study": "x" * 65}, r"study name 'x{65}' is not allowed; use 1-64"),
+    ({"study": "a\\b"}, r"study name 'a\\\\b' is not allowed"),
+    ({"study": "héllo"}, r"study name 'héllo' is not allowed"),
+    ({"study": 7}, r"study must be a non-empty string, got 7"),
+    # sampler and pruner options: type and range, named as written, before any trial
+    ({"pruner": {"name": "median", "n_startup_trials": "four"}}, r"pruner.n_startup_trials: 'four' must be a whole number ≥ 0\."),
+    ({"pruner": {"name": "median", "n_warmup_steps": 1.5}}, r"pruner.n_warmup_steps: 1.5 must be a whole number ≥ 0\."),
+    ({"pruner": {"name": "median", "interval_steps": 0}}, r"pruner.interval_steps: 0 must be a whole number ≥ 1\."),
+    ({"pruner": {"name": "percentile", "percentile": 150}}, r"pruner.percentile: 150 must be a number in \[0, 100\]\."),
+    ({"pruner": {"name": "percentile", "percentile": "half"}}, r"pruner.percentile: 'half' must be a number in \[0, 100\]\."),
+    ({"pruner": {"name": "hyperband", "reduction_factor": 1}}, r"pruner.reduction_factor: 1 must be a whole number ≥ 2\."),
+    ({"pruner": {"name": "hyperband", "reduction_factor": "x"}}, r"pruner.reduction_factor: 'x' must be a whole number ≥ 2\."),
+    ({"pruner": {"name": "hyperband", "min_resource": 0}}, r"pruner.min_resource: 0 must be a whole number ≥ 1\."),
+    ({"pruner": {"name": "hyperband", "max_resource": "all"}}, r"pruner.max_resource: 'all' must be 'auto' or a whole number ≥ 1\."),
+    ({"pruner": {"name": "hyperband", "max_resource": 0}}, r"pruner.max_resource: 0 must be 'auto' or a whole number ≥ 1\."),
+    ({"pruner": {"name": "hyperband", "min_resource": 10, "max_resource": 5}}, r"pruner.max_resource: 5 is below min_resource 10; raise it to at least 10, or write 'auto'\."),
+    ({"pruner": {"name": "hyperband", "bootstrap_count": -1}}, r"pruner.bootstrap_count: -1 must be a whole number ≥ 0\."),
+    ({"pruner": {"name": "successive_halving", "min_resource": "x"}}, r"pruner.min_resource: 'x' must be 'auto' or a whole number ≥ 1\."),
+    ({"pruner": {"name": "threshold", "lower": "low"}}, r"pruner.lower: 'low' must be a number or null\."),
+    ({"pruner": {"name": "threshold", "lower": 0.9, "upper": 0.1}}, r"pruner 'threshold' refused the options lower: 0.9, upper: 0.1 \(lower should be smaller than upper\); fix them"),
+    ({"pruner": {"name": "threshold"}}, r"pruner 'threshold' refused its defaults \(Either lower or upper must be specified\)"),
+    ({"sampler": {"name": "tpe", "n_startup_trials": -1}}, r"sampler.n_startup_trials: -1 must be a whole number ≥ 0\."),
+    ({"sampler": {"name": "tpe", "n_startup_trials": "ten"}}, r"sampler.n_startup_trials: 'ten' must be a whole number ≥ 0\."),
+    ({"sampler": {"name": "tpe", "n_ei_candidates": 0}}, r"sampler.n_ei_candidates: 0 must be a whole number ≥ 1\."),
+    ({"sampler": {"name": "tpe", "prior_weight": -1.0}}, r"sampler.prior_weight: -1.0 must be a number ≥ 0 or null\."),
+    ({"sampler": {"name": "tpe", "multivariate": "yes"}}, r"sampler.multivariate: 'yes' must be true, false or null\."),
+    ({"sampler": {"name": "tpe", "constant_liar": None}}, r"sampler.constant_liar: None must be true or false\."),
+    ({"sampler": {"name": "tpe", "gamma": 3}}, r"sampler.gamma takes a Python object \(Callable\[\[int\], int\] \| None\), which a study file cannot hold; remove it\."),
+    ({"sampler": {"name": "nsgaii", "population_size": 1}}, r"sampler.population_size: 1 must be a whole number ≥ 2\."),
+    ({"sampler": {"name": "nsgaii", "mutation_prob": 2}}, r"sampler.mutation_prob: 2 must be a number in \[0, 1\] or null\."),
+    ({"sampler": {"name": "nsgaii", "crossover": "uniform"}}, r"sampler.crossover takes a Python object \(BaseCrossover \| None\)"),
+    ({"sampler": {"name": "neighborhood", "keep_categorical": 1.5}}, r"sampler.keep_categorical: 1.5 must be a number in \[0, 1\]\."),
+    ({"sampler": {"name": ["tpe"]}}, r"sampler name \['tpe'\] is unknown; choose one of"),
+    ({"pruner": {"name": {"median": 1}}}, r"pruner name \{'median': 1\} is unknown; choose one of"),
 ]
 
 
@@ -470,3 +580,100 @@ def test_reading_a_study_does_not_import_keras_or_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- generated study files (hypothesis)
+
+PROPERTY = settings(derandomize=True, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# YAML-writable values of every kind: null, booleans, whole numbers far outside any range, floats with
+# nan and inf, short text, and lists and mappings of these.
+# Plausible values come first, so that many generated files get past the first check they meet.
+PLAUSIBLE = (st.integers(-3, 70) | st.floats(-1.0, 2.0)
+             | st.sampled_from(["16x16x8", "32x32x16", "8x8x8", "tpe", "median", "hyperband", "joint", "auto", "t-1"]))
+ANY_VALUE = PLAUSIBLE | st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=5,
+)
+STUDY_KEYS = [
+    "study", "trials", "seed", "trial_seeds", "deterministic", "data", "data.path", "data.synth", "data.synth.cases",
+    "data.synth.shape", "data.synth.seed", "data.synth.myocardium", "data.split", "data.split.seed",
+    "data.split.val_fraction", "data.split.test_fraction", "training", "training.steps", "training.eval_every",
+    "training.patch", "training.batch", "training.depth", "training.block", "training.loss", "training.clip",
+    "training.foreground_share", "training.augment", "start", f"start.{LR}", f"start.{CHANNELS}", f"start.{KEEP}",
+    "search_space", f"search_space.{LR}", f"search_space.{LR}.low", f"search_space.{LR}.high",
+    f"search_space.{LR}.log", f"search_space.{LR}.step", f"search_space.{CHANNELS}.low",
+    f"search_space.{CHANNELS}.high", f"search_space.{CHANNELS}.step", "sampler", "sampler.name", "sampler.factor",
+    "sampler.n_startup_trials", "pruner", "pruner.name", "pruner.n_startup_trials", "pruner.reduction_factor",
+    "slurm", "slurm.options", "other",
+]
+
+
+def _read_or_refused(document) -> StudyConfig | None:
+    """load_study on `document` written as YAML: the config, or None after checking its one-sentence refusal."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "study.yaml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        try:
+            return load_study(path)
+        except UsageError as error:
+            message = str(error)
+            assert message.startswith(f"study file {str(path)!r}") and message.endswith(".") and "\n" not in message
+            assert error.exit_code == 2
+            return None
+
+
+@settings(PROPERTY, max_examples=400)
+@given(changes=st.dictionaries(st.sampled_from(STUDY_KEYS), ANY_VALUE, min_size=1, max_size=3))
+def test_generated_study_files_are_read_or_refused_in_one_sentence(changes):
+    """400 generated study files, each the valid base_doc() with one to three keys set to any YAML value
+    (of any type, including nan, inf, huge integers, lists and mappings): load_study returns a config
+    or raises UsageError with one sentence naming the file, never another exception."""
+    document = base_doc()
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = document
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[last] = value
+    _read_or_refused(document)
+
+
+OPTION_WORDS = st.sampled_from(["auto", "sobol", "halton", "log", "uniform", "ipop", "1e-3", "four"])
+# By the kinds an option's annotation names: mostly a value of its type, near the edges of the ranges
+# options have ([0, 1], [0, 100], >= 0, >= 1, >= 2, > 1) or far from them; else a value of any kind.
+OPTION_VALUES = {"int": st.integers(-1, 3) | st.integers(-3, 300), "bool": st.booleans(), "None": st.none(),
+                 "float": st.floats(-0.1, 1.1) | st.floats(0.9, 3.0) | st.floats(-2.0, 400.0),
+                 "str": OPTION_WORDS, "mapping": st.just({})}
+ANY_OPTION_VALUE = st.none() | st.booleans() | st.integers(-3, 300) | st.floats(-2.0, 400.0) | OPTION_WORDS
+
+
+@st.composite
+def components(draw, kind: str, known: dict) -> dict:
+    """A sampler or pruner section: a name, and up to two of the options a YAML file can write."""
+    installed = [n for n in sorted(known) if all(importlib.util.find_spec(m) for m in config_module._SAMPLER_NEEDS.get(n, ()))]
+    name = draw(st.sampled_from(installed))
+    parameters = inspect.signature(config_module._class(kind, name)).parameters
+    kinds = {p: config_module._annotation_kinds(spec.annotation) or {"object"} for p, spec in parameters.items()
+             if p not in ("seed", "start") and spec.kind in (spec.KEYWORD_ONLY, spec.POSITIONAL_OR_KEYWORD)}
+    keys = sorted(p for p, k in kinds.items() if k - {"object", "None"})  # callables and samplers: refused, tested above
+    options = {}
+    for key in draw(st.lists(st.sampled_from(keys), max_size=2, unique=True)) if keys else []:
+        typed = st.one_of([OPTION_VALUES[k] for k in sorted(kinds[key] - {"object"})])
+        options[key] = draw(st.one_of(*[typed] * 7, ANY_OPTION_VALUE))
+    return {"name": name, **options}
+
+
+@settings(PROPERTY, max_examples=200)
+@given(sampler=components("sampler", config_module.SAMPLERS), pruner=components("pruner", config_module.PRUNERS))
+def test_accepted_sampler_and_pruner_options_run_real_trials(sampler, pruner):
+    """200 generated sampler and pruner sections (any installed sampler and any pruner, up to two of their
+    options each, set to numbers in and out of range, null, booleans or words): a study file that is read
+    runs 12 real Optuna trials with that sampler and pruner (past TPE's 10 start-up trials), each
+    reporting 4 intermediate values, without an error; one that is not is refused in one sentence."""
+    config = _read_or_refused({**base_doc(), "sampler": sampler, "pruner": pruner})
+    if config is not None:
+        _run_trials(config.make_sampler(), config.make_pruner(), config, trials=12)

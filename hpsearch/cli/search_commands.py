@@ -110,6 +110,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if config.synth is not None and not config.data_path.exists():
         with bar(f"writing synthetic data to {config.data_path}", total=config.synth["cases"]) as advance:
             ensure_dataset(config, progress=lambda done, total: advance(done))
+    from hpsearch.preflight import check_dataset
+
+    check_dataset(config)  # one image and label opened now: a bad file is one line here, not a failed trial each
     study = prepare_study(config, storage, target=target)
     complete, _ = counts(study)
     shown = mask_password(url)
