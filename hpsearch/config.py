@@ -26,7 +26,7 @@ import optuna
 import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from model import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, InputError, TrainConfig, refused_yaml_tag
+from model import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, InputError, TrainConfig, refused_yaml_tag, write_dataset
 from hpsearch._sampler import NeighborhoodSampler
 from hpsearch.errors import UsageError
 from hpsearch.preflight import format_bytes, memory_limit, training_step_bytes
@@ -64,7 +64,11 @@ _TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "dete
 # same blocks and dropout masks), so two trials differ by their hyperparameters, not their luck.
 TRIAL_SEEDS = ("per_trial", "shared")
 _DATA_KEYS = ("path", "synth", "split")
-_SYNTH_DEFAULTS = {"cases": 20, "shape": (192, 192, 12), "seed": 0, "myocardium": False}  # `hpsearch data synth`'s
+# data.synth's defaults are write_dataset's own (as `hpsearch data synth` uses them): one place for each.
+_SYNTH_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(write_dataset).parameters.items()
+    if name in ("cases", "shape", "seed", "myocardium")
+}
 _SYNTH_SIZE = (8, 1024)  # the sizes model.synth.write_dataset accepts
 _SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}  # model.data.split_cases's
 # YAML key -> TrainConfig field; seed and deterministic come per trial from the study.
