@@ -18,14 +18,13 @@ COPY pyproject.toml README.md ./
 COPY hpsearch ./hpsearch
 COPY model ./model
 
-# pyproject.toml asks for tensorflow-cpu on Linux x86_64; for GPU workers swap in the CUDA build
-# of the same version (both install the `tensorflow` module, so only one may stay).
+# The gpu extra adds CUDA's libraries to TensorFlow (tensorflow[and-cuda]); the build checks that the
+# TensorFlow it installed was built with CUDA (no GPU is needed for that).
 ARG GPU=1
 RUN pip install . \
- && if [ "$GPU" = "1" ] && pip show tensorflow-cpu >/dev/null 2>&1; then \
-        version="$(pip show tensorflow-cpu | sed -n 's/^Version: //p')" \
-        && pip uninstall -y tensorflow-cpu \
-        && pip install "tensorflow[and-cuda]==${version}"; \
+ && if [ "$GPU" = "1" ]; then \
+        pip install ".[gpu]" \
+        && python -c "import tensorflow as tf; assert tf.test.is_built_with_cuda(), 'TensorFlow lacks CUDA'"; \
     fi \
  && hpsearch --help >/dev/null
 

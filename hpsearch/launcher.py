@@ -29,6 +29,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
+from hpsearch.devices import JAX_PREALLOCATE, sharing
 from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.liveness import fail_orphaned_trials, requeue_interrupted
 from hpsearch.storage import DEFAULT_ENV, mark_running_trials_failed, retry_trial
@@ -105,7 +106,7 @@ class Launcher:
         storage_url: the study storage (passed to workers through the environment, never argv).
         storage: the opened storage.
         target: COMPLETE trials to reach.
-        gpus: per worker, a GPU index or None.
+        gpus: per worker, a GPU (as CUDA_VISIBLE_DEVICES names it) or None; a GPU may appear more than once.
         threads: CPU threads per worker (None: TensorFlow's default).
         artifacts: folder of the trial model store.
         log_dir: where each worker's output goes.
@@ -128,17 +129,27 @@ class Launcher:
         self.slots = [
             WorkerSlot(i, gpu, self._status_dir / f"w{i}.json", self.log_dir / f"w{i}.log") for i, gpu in enumerate(gpus)
         ]
+        self._per_gpu = sharing(gpus)  # workers per GPU
         self.events: list[str] = []
         self._stopping: str | None = None
         self._pids: set[int] = set()  # every worker process this launcher started
 
     # ---- processes
 
-    def _start(self, slot: WorkerSlot) -> None:
+    def environment(self, slot: WorkerSlot) -> dict[str, str]:
+        """The environment a slot's worker starts with: the launcher's, its storage URL, its GPU."""
         env = dict(os.environ)
         env[DEFAULT_ENV] = self.storage_url  # not in argv: `ps` shows argv, and the URL may hold a password
-        env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""  # '' hides every GPU
+        if self._per_gpu.get(slot.gpu, 0) > 1:
+            # JAX takes 75 % of its GPU's memory at start-up, leaving too little for a second worker there;
+            # a value the user set wins. TensorFlow's memory growth is set by the worker (configure_tensorflow).
+            env.setdefault(JAX_PREALLOCATE, "false")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return env
+
+    def _start(self, slot: WorkerSlot) -> None:
+        env = self.environment(slot)
         command = [
             sys.executable, "-m", "hpsearch.cli", "worker",
             "--study", self.config.name, "--index", str(slot.index), "--trials", str(self.target),
@@ -285,7 +296,10 @@ class Launcher:
             return 0
         refused = [s for s in self.slots if s.bad_input]
         if refused:  # the worker's own sentence names the value and the fix
-            raise UsageError(f"worker w{refused[0].index} refused its input: {refused[0].gave_up} (log: {refused[0].log_path})")
+            slot = refused[0]
+            if slot.gave_up.startswith(f"worker w{slot.index} "):  # its GPU check's sentence names the worker itself
+                raise UsageError(f"{slot.gave_up.rstrip('.')} (log: {slot.log_path}).")
+            raise UsageError(f"worker w{slot.index} refused its input: {slot.gave_up} (log: {slot.log_path})")
         reasons = "; ".join(f"w{s.index}: {s.gave_up}" for s in self.slots if s.gave_up)
         raise HpsearchError(f"the workers stopped with {complete} of {self.target} complete trials ({reasons}).")
 

@@ -99,9 +99,12 @@ def run_worker(
     status = StatusFile(status_path, name)
     status.update(force=True, state="loading data")
 
-    from hpsearch.devices import configure_tensorflow
+    from hpsearch.devices import configure_tensorflow, given_gpu, require_gpu
 
     configure_tensorflow(threads)
+    gpu = given_gpu()
+    if gpu is not None:
+        require_gpu(f"w{index}", gpu)  # a GPU the backend cannot see would mean training on the CPU unawares
     import model
 
     model.train  # Keras and the training core: loaded here, so the first trial starts at once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 
@@ -92,3 +93,44 @@ def test_a_killed_worker_is_restarted_and_its_trial_retried(storage_url, tmp_pat
 def test_ctrl_c_stops_workers_and_the_next_launch_resumes(storage_url, tmp_path):
     study_file = write_tiny_study(tmp_path / "studies", trials=3, **INTERRUPTIBLE)
     interrupt_and_resume(storage_url, study_file, signal.SIGINT, trials=3)
+
+
+def _one_fake_gpu(tmp_path, monkeypatch) -> dict:
+    """The environment of a launch on a machine where a fake nvidia-smi lists one GPU (and CUDA_VISIBLE_DEVICES is unset)."""
+    from test_devices import fake_nvidia_smi, listing
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    folder = fake_nvidia_smi(tmp_path / "bin", listing(1))
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_two_workers_on_one_gpu_refuse_a_backend_without_gpus(tmp_path, monkeypatch):
+    """Not refused for the GPU count: both workers get GPU 0; this machine's backend sees no GPU, so they stop."""
+    from test_devices import backend_name
+
+    env = _one_fake_gpu(tmp_path, monkeypatch)
+    study_file = write_tiny_study(tmp_path / "studies", trials=1)
+    code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file),
+                                   "--storage", str(tmp_path / "study.journal"), env=env))
+    assert code == 2, output
+    assert "starting 2 worker(s) on GPU 0 (2 workers)" in output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("hpsearch: error:")]
+    assert len(errors) == 1, output
+    sentence = (rf"hpsearch: error: worker w[01] was given GPU 0, but {backend_name()} sees no GPU \([^)]+\): .+, "
+                r"or pass --cpu to train on the CPU on purpose \(log: \S+w[01]\.log\)\.")
+    assert re.fullmatch(sentence, errors[0]), errors[0]
+    if backend_name() == "TensorFlow":
+        assert "pip install 'hpsearch[gpu]'" in errors[0]
+    assert not load(str(tmp_path / "study.journal")).get_trials(deepcopy=False)  # no trial ran on the CPU
+
+
+def test_two_workers_on_one_gpu_train_on_the_cpu_with_cpu(tmp_path, monkeypatch):
+    env = _one_fake_gpu(tmp_path, monkeypatch)
+    study_file = write_tiny_study(tmp_path / "studies", trials=1, steps=2, eval_every=2, depth=1)
+    code, output = finish(hpsearch("launch", "--workers", "2", "--cpu", "--study", str(study_file),
+                                   "--storage", str(tmp_path / "study.journal"), env=env))
+    assert code == 0, output
+    assert re.search(r"starting 2 worker\(s\) on CPU, \d+ thread\(s\) each", output), output
+    complete = load(str(tmp_path / "study.journal")).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == 1

@@ -33,12 +33,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     init.set_defaults(handler=cmd_init)
 
     launch = commands.add_parser("launch", help="create or resume a study and run N supervised workers")
-    launch.add_argument("--workers", type=int, default=1,
-                        help="worker processes: one per GPU, or sharing the CPU cores (default: 1)")
+    count = launch.add_mutually_exclusive_group()
+    count.add_argument("--workers", type=int, default=1,
+                       help="worker processes, spread over the GPUs round-robin (several may share one), "
+                            "or sharing the CPU cores (default: 1)")
+    count.add_argument("--workers-per-gpu", type=positive_int, metavar="K",
+                       help="K workers on each GPU used, instead of --workers")
     add_study_options(launch, f"study YAML file, or a template name ({TEMPLATES}; default: quickstart, "
                               f"{STUDIES_FOLDER}/quickstart.yaml where it exists)")
     launch.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the study file's 'trials')")
-    launch.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
+    launch.add_argument("--gpus", help="GPUs to use: indices, UUIDs (GPU-...) or MIG instances (MIG-...), e.g. 0,1 "
+                                       "(default: all found, within an inherited CUDA_VISIBLE_DEVICES)")
     launch.add_argument("--deterministic", action="store_true",
                         help="deterministic TensorFlow ops: a seeded 1-worker search repeats trial by trial (slower)")
     launch.add_argument("--executor", choices=("local", "slurm"), default="local",
@@ -56,7 +61,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     worker = commands.add_parser("worker", help="join a running study from this machine (one worker process)")
     add_study_options(worker, "study name in the storage, or a study YAML file (required)", required=True)
-    worker.add_argument("--gpu", help="GPU index this worker uses (sets CUDA_VISIBLE_DEVICES)")
+    placement = worker.add_mutually_exclusive_group()
+    placement.add_argument("--gpu", help="GPU this worker uses: an index, UUID or MIG instance (sets CUDA_VISIBLE_DEVICES)")
+    placement.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is visible")
     worker.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the launcher's target)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow (default: all)")
     worker.add_argument("--data", help="dataset folder on this machine, if not where the launcher had it")
@@ -77,7 +84,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from hpsearch.cli.results_commands import print_best
-    from hpsearch.devices import choose_gpus, cpu_threads
+    from hpsearch.devices import choose_gpus, cpu_threads, describe_gpus
     from hpsearch.launcher import Launcher, prepare_study
     from hpsearch.live import LiveView
     from hpsearch.progress import bar
@@ -99,9 +106,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, deterministic=True)
     target = args.trials or config.trials
     if args.executor == "slurm":
+        if args.workers_per_gpu is not None:
+            raise UsageError("--workers-per-gpu is for workers on this machine; with --executor slurm, "
+                             "--workers N submits N tasks of one GPU each.")
         return _launch_slurm(args, config, target)
-    gpus = [None] * args.workers if args.cpu else choose_gpus(args.gpus, args.workers)
-    threads = None if any(g is not None for g in gpus) else cpu_threads(args.workers)
+    gpus = choose_gpus(args.gpus, args.workers, per_gpu=args.workers_per_gpu, cpu=args.cpu)
+    threads = None if any(g is not None for g in gpus) else cpu_threads(len(gpus))
     paths = study_paths(args.study_home)
     fix = f"move it away, or keep the study file in another folder than {args.study_home}"
     writable_folder(paths["artifacts"], "trial models", fix)
@@ -127,8 +137,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         config, url, storage, target=target, gpus=gpus, threads=threads,
         artifacts=paths["artifacts"], log_dir=paths["logs"] / config.name,
     )
-    devices = ", ".join(f"GPU {g}" for g in gpus) if threads is None else f"CPU, {threads} thread(s) each"
-    print(f"starting {args.workers} worker(s) on {devices}; logs in {launcher.log_dir}")
+    devices = describe_gpus(gpus) if threads is None else f"CPU, {threads} thread(s) each"
+    print(f"starting {len(gpus)} worker(s) on {devices}; logs in {launcher.log_dir}")
     try:
         with LiveView(study_name=config.name, storage=storage, storage_text=describe(url),
                       dashboard_command=f"hpsearch dashboard{flags}", target=target) as view:
@@ -198,8 +208,8 @@ def _flags(args: argparse.Namespace) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    if args.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu  # before TensorFlow loads
+    if args.gpu is not None or args.cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "" if args.cpu else args.gpu  # before TensorFlow loads
     import optuna
     import optuna.artifacts
 
