@@ -4,7 +4,7 @@
 `open_storage` turns it into an Optuna storage and every failure into one `UsageError`
 sentence that names the storage with its password masked. Passwords never appear in output.
 
-What Optuna 5.0 does about dead workers, which this module builds on:
+What Optuna 5 does about dead workers, which this module builds on:
 
 * RDBStorage supports heartbeats. `Study.optimize` starts a thread that records a heartbeat
   every `heartbeat_interval` seconds while a trial runs, and at the start of every trial it
@@ -12,15 +12,16 @@ What Optuna 5.0 does about dead workers, which this module builds on:
   older than `grace_period` to FAIL and passes each one to `heartbeat_stale_trial_callback`
   (here `RetryStaleTrialCallback`, which enqueues a WAITING copy with the same params).
   `Study.ask`/`tell` neither record heartbeats nor fail stale trials, and a RUNNING trial that
-  never recorded a heartbeat is never stale. Optuna records no reason; `fail_stale_trials` here
-  writes one first. The interval and grace period come from $HPSEARCH_HEARTBEAT_INTERVAL and
+  never recorded a heartbeat is never stale. Optuna records no reason; `ReconnectingStorage`
+  writes one. The interval and grace period come from $HPSEARCH_HEARTBEAT_INTERVAL and
   $HPSEARCH_HEARTBEAT_GRACE (`heartbeat_settings`).
-* JournalStorage (5.0) has no heartbeats: a dead worker's trial stays RUNNING until someone
+* JournalStorage has no heartbeats: a dead worker's trial stays RUNNING until someone
   calls `mark_running_trials_failed`.
 * RDBStorage turns every database error, a dropped connection included, into
   `StorageInternalError` at once; its heartbeat thread dies on the first one. A database restart
-  would fail the trials that happened to write at that moment. `ReconnectingRDBStorage` retries
-  such calls until the database is back (up to `RECONNECT_SECONDS`).
+  would fail the trials that happened to write at that moment. `ReconnectingStorage` repeats
+  calls that failed for a transient reason (`transient_error`) until the database is back
+  (up to `RECONNECT_SECONDS`).
 """
 
 from __future__ import annotations
@@ -28,19 +29,28 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sqlite3
 import sys
 import time
 import warnings
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import optuna
 import sqlalchemy.exc
-from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+
+# Optuna's heartbeat machinery (Study.optimize's heartbeat thread, fail_stale_trials) serves only
+# storages that are instances of this base, which Optuna exports from no public module.
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.storages.journal import JournalFileOpenLock
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from hpsearch.errors import UsageError
 from hpsearch.vocabulary import FAIL_REASON_ATTR, PARENT_ATTR, RETRY_OF_ATTR, WORKER_ATTR
@@ -54,10 +64,6 @@ DEFAULT_HEARTBEAT_INTERVAL = 60
 """Seconds between a running trial's heartbeats; the grace period defaults to three intervals."""
 FROM_ENVIRONMENT = "environment"
 """open_storage's default for the heartbeat settings: $HPSEARCH_HEARTBEAT_INTERVAL / _GRACE, else 60 s / 3 intervals."""
-
-RECONNECT_SECONDS = 120.0
-"""How long a call on a database storage waits for a dropped connection to come back (a restart, a fail-over)."""
-
 
 _FIX = f"fix --storage or ${DEFAULT_ENV}"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -164,9 +170,10 @@ def open_storage(
 ) -> BaseStorage:
     """Open (and, for a database, connect to) the storage `url` names.
 
-    A `scheme://` URL opens a `ReconnectingRDBStorage` with `pool_pre_ping`, heartbeats every
-    `heartbeat_interval` s (None: off) so a dead worker's trial FAILs `grace_period` s after its
-    last heartbeat, and up to `retries` re-runs of such a trial with the same params. Both
+    A `scheme://` URL opens an RDBStorage behind a `ReconnectingStorage`, with `pool_pre_ping`,
+    heartbeats every `heartbeat_interval` s (None: off) so a dead worker's trial FAILs
+    `grace_period` s after its last heartbeat, and up to `retries` re-runs of such a trial with
+    the same params. Both
     default to `heartbeat_settings()` ($HPSEARCH_HEARTBEAT_INTERVAL, $HPSEARCH_HEARTBEAT_GRACE).
     SQLite (`sqlite:///path`) is for one process only: concurrent writers get "database is
     locked" errors, and on NFS its locking is unreliable; use the journal file or PostgreSQL.
@@ -195,27 +202,17 @@ def open_storage(
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail the study's trials whose heartbeat stopped, each with its `fail_reason`; returns their numbers.
+    """Fail the study's trials whose heartbeat stopped; returns the numbers of those now FAIL.
 
-    `Study.optimize` already does this before each trial, but without a reason; call this first
-    (a worker does before each trial, and while it waits). The storage's retry callback enqueues
-    their re-runs. A no-op on storages without heartbeats (journal files).
+    `Study.optimize` already does this before each trial; a worker also calls it while it waits.
+    Each failed trial gets a `fail_reason` (written by `ReconnectingStorage`), and the storage's
+    retry callback enqueues its re-run. A no-op on storages without heartbeats (journal files).
     """
-    storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or storage.get_heartbeat_interval() is None:
-        return []
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not running:
         return []
-    # Optuna fails a stale trial without saying why, and a finished trial takes no attrs: say it first.
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        worker = storage.get_trial(trial_id).user_attrs.get(WORKER_ATTR, "its worker")
-        try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, f"no heartbeat from {worker}: the worker died or lost the study storage")
-        except UpdateFinishedTrialError:
-            pass  # another process failed it meanwhile
     with warnings.catch_warnings():
-        # fail_stale_trials is experimental in 5.0: the warning would only clutter output.
+        # fail_stale_trials is experimental: the warning would only clutter output.
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
@@ -245,9 +242,10 @@ def mark_running_trials_failed(
     for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         if wanted is not None and trial.number not in wanted:
             continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
-            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
                 failed.append(trial.number)
         except UpdateFinishedTrialError:
             continue  # its worker finished it after we listed it: that state stands
@@ -278,65 +276,266 @@ class RetryStaleTrialCallback(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-class ReconnectingRDBStorage(RDBStorage):
-    """An RDBStorage whose calls ride out a lost database connection.
+RECONNECT_SECONDS = 120.0
+"""How long a call on a database storage is repeated while its database is away (a restart, a fail-over)."""
 
-    A call that fails because the connection dropped (the server restarted, a fail-over, an
-    administrator ended the session) is repeated, with pauses of 0.5 s growing to 5 s, for up to
-    `RECONNECT_SECONDS`; `pool_pre_ping` then hands it a fresh connection. Meanwhile the worker
-    waits instead of failing its trial, and the heartbeat thread keeps running. Other errors are
-    raised at once. The calls repeated are reads and writes that can be repeated (attributes,
-    values and heartbeats overwrite; a trial is created in one transaction), so a repeat does
-    not change the study, except in one case: a connection lost after the database committed a
-    new trial but before the answer arrived leaves that trial RUNNING with no worker.
+TransientKind = Literal["connection", "conflict"]
+
+# SQLSTATE codes (PostgreSQL appendix A) worth repeating a transaction for. Class 08 is
+# "connection exception"; 57P01-57P03 are admin shutdown, crash shutdown and cannot connect now.
+_SHUTDOWN_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
+# Creating a table, index or type another process created first (check-then-create races).
+_ALREADY_CREATED_SQLSTATES = frozenset({"23505", "42P07", "42710"})  # unique violation, duplicate table, object
+_ALREADY_CREATED_MYSQL_ERRNOS = frozenset({1050, 1061, 1062})  # table exists, duplicate key name, duplicate entry
+
+
+def database_error(error: BaseException) -> sqlalchemy.exc.DBAPIError | None:
+    """The SQLAlchemy DBAPIError that `error` is or was raised from (Optuna wraps it in StorageInternalError)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def sqlstate(error: sqlalchemy.exc.DBAPIError) -> str | None:
+    """The SQLSTATE code the server sent with `error` (psycopg2 `pgcode`, psycopg 3 `sqlstate`), if any."""
+    return getattr(error.orig, "pgcode", None) or getattr(error.orig, "sqlstate", None)
+
+
+def transient_error(error: BaseException) -> TransientKind | None:
+    """Whether a call that raised `error` may succeed if repeated, and why.
+
+    "connection": the connection was lost or refused, or the server is shutting down or starting
+    (SQLSTATE class 08, 57P01-57P03; or a driver error with no SQLSTATE, which is how libpq
+    reports a refused, reset or timed-out connection). "conflict": the database rolled the
+    transaction back for a concurrent one (40001 serialization failure, 40P01 deadlock; SQLite
+    busy or locked). None: anything else, e.g. bad data or a missing table.
     """
+    cause = database_error(error)
+    if cause is None:
+        return None
+    if cause.connection_invalidated:  # SQLAlchemy's dialect saw the connection die
+        return "connection"
+    code = sqlstate(cause)
+    if code is not None:
+        if code.startswith("08") or code in _SHUTDOWN_SQLSTATES:
+            return "connection"
+        return "conflict" if code in _CONFLICT_SQLSTATES else None
+    if isinstance(cause.orig, sqlite3.Error):  # a file: no connection to lose, only a lock to wait for
+        primary = getattr(cause.orig, "sqlite_errorcode", 0) & 0xFF
+        return "conflict" if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) else None
+    if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        return "connection"
+    return None
 
 
-# RDBStorage's methods that each run one database transaction (the ones _CachedStorage calls too).
-_TRANSACTION_METHODS = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param", "get_trial_param",
-    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial_user_attrs", "get_trial_system_attrs", "get_trial_id_from_study_id_trial_number", "get_trial",
-    "_get_trials", "_get_best_trial_id", "record_heartbeat", "_get_stale_trial_ids",
-)
+def _lost_schema_race(error: sqlalchemy.exc.DBAPIError) -> bool:
+    """Whether creating Optuna's tables failed because another process created them first."""
+    code = sqlstate(error)
+    if code is not None:
+        return code in _ALREADY_CREATED_SQLSTATES
+    errno = error.orig.args[0] if getattr(error.orig, "args", None) else None
+    return errno in _ALREADY_CREATED_MYSQL_ERRNOS
 
 
-def _connection_lost(error: BaseException) -> bool:
-    """Whether `error` (or the database error under an Optuna StorageInternalError) is a lost or refused connection."""
-    cause = error.__cause__ if isinstance(error, StorageInternalError) else error
-    if not isinstance(cause, sqlalchemy.exc.DBAPIError):
-        return False
-    return cause.connection_invalidated or isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+def _repeated(method):
+    """`method` of ReconnectingStorage, repeated while it fails for a transient reason."""
 
-
-def _reconnecting(method):
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        deadline = time.monotonic() + RECONNECT_SECONDS
-        pause = 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (StorageInternalError, sqlalchemy.exc.DBAPIError) as error:
-                if not _connection_lost(error) or time.monotonic() + pause > deadline:
-                    raise
-                if pause == 0.5:  # once per outage and call: a worker's log says why it paused
-                    parsed = make_url(self.url)
-                    print(
-                        f"hpsearch: lost the connection to {mask_password(self.url)} ({_detail(parsed, error.__cause__ or error)}); "
-                        f"retrying for up to {RECONNECT_SECONDS:.0f} s",
-                        file=sys.stderr, flush=True,
-                    )
-            time.sleep(pause)
-            pause = min(2 * pause, 5.0)
+        retrying = Retrying(
+            retry=retry_if_exception(lambda error: transient_error(error) is not None),
+            wait=wait_exponential(multiplier=0.5, max=5.0),  # 0.5, 1, 2, 4, 5, 5, ... s
+            stop=stop_before_delay(RECONNECT_SECONDS),
+            before_sleep=self._say_why,
+            reraise=True,
+        )
+        return retrying(method, self, *args, **kwargs)
 
     return call
 
 
-for _name in _TRANSACTION_METHODS:
-    setattr(ReconnectingRDBStorage, _name, _reconnecting(getattr(RDBStorage, _name)))
+class ReconnectingStorage(BaseStorage, BaseHeartbeat):
+    """A database study storage whose calls ride out a lost connection.
+
+    Each call goes to the RDBStorage `rdb` behind Optuna's trial cache, as `optuna.create_study`
+    would wrap it. A call that fails for a transient reason (`transient_error`: the server
+    restarted, a fail-over, an administrator ended the session, a deadlock) is repeated, with
+    pauses of 0.5 s growing to 5 s, for up to `RECONNECT_SECONDS`; `pool_pre_ping` then hands it a
+    fresh connection. Meanwhile the worker waits instead of failing its trial, and the heartbeat
+    thread keeps running. Other errors are raised at once. Each call is one transaction that can
+    be repeated (attributes, values and heartbeats overwrite), except in one case: a connection
+    lost after the database committed a new trial but before the answer arrived leaves that
+    trial RUNNING with no worker.
+    """
+
+    def __init__(self, url: str, **rdb_kwargs: Any) -> None:
+        self.rdb = RDBStorage(url, **rdb_kwargs)
+        self.url = url
+        # get_storage puts Optuna's trial cache in front of an RDBStorage: without it every
+        # get_all_trials reads the whole study.
+        self._cached = optuna.storages.get_storage(self.rdb)
+
+    def _say_why(self, state: RetryCallState) -> None:
+        if state.attempt_number != 1:  # once per outage and call: a worker's log says why it paused
+            return
+        error = state.outcome.exception()
+        cause = database_error(error)
+        detail = _detail(make_url(self.url), cause if cause is not None else error)
+        what = "lost the connection to" if transient_error(error) == "connection" else "a transaction conflicted on"
+        print(
+            f"hpsearch: {what} {mask_password(self.url)} ({detail}); retrying for up to {RECONNECT_SECONDS:.0f} s",
+            file=sys.stderr, flush=True,
+        )
+
+    # --- studies ---
+
+    @_repeated
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self._cached.create_new_study(directions, study_name)
+
+    @_repeated
+    def delete_study(self, study_id: int) -> None:
+        self._cached.delete_study(study_id)
+
+    @_repeated
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._cached.set_study_user_attr(study_id, key, value)
+
+    @_repeated
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._cached.set_study_system_attr(study_id, key, value)
+
+    @_repeated
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._cached.get_study_id_from_name(study_name)
+
+    @_repeated
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._cached.get_study_name_from_id(study_id)
+
+    @_repeated
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._cached.get_study_directions(study_id)
+
+    @_repeated
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._cached.get_study_user_attrs(study_id)
+
+    @_repeated
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._cached.get_study_system_attrs(study_id)
+
+    @_repeated
+    def get_all_studies(self) -> list[optuna.study.FrozenStudy]:
+        return self._cached.get_all_studies()
+
+    # --- trials ---
+
+    @_repeated
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._cached.create_new_trial(study_id, template_trial)
+
+    @_repeated
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
+        self._cached.set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+    @_repeated
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._cached.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+
+    @_repeated
+    def get_trial_number_from_id(self, trial_id: int) -> int:
+        return self._cached.get_trial_number_from_id(trial_id)
+
+    @_repeated
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        return self._cached.get_trial_param(trial_id, param_name)
+
+    @_repeated
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        return self._cached.set_trial_state_values(trial_id, state, values)
+
+    @_repeated
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._cached.set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    @_repeated
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._cached.set_trial_user_attr(trial_id, key, value)
+
+    @_repeated
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._cached.set_trial_system_attr(trial_id, key, value)
+
+    @_repeated
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._cached.get_trial(trial_id)
+
+    @_repeated
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._cached.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    @_repeated
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
+        return self._cached.get_n_trials(study_id, state)
+
+    @_repeated
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._cached.get_best_trial(study_id)
+
+    @_repeated
+    def get_trial_params(self, trial_id: int) -> dict[str, Any]:
+        return self._cached.get_trial_params(trial_id)
+
+    @_repeated
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._cached.get_trial_user_attrs(trial_id)
+
+    @_repeated
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._cached.get_trial_system_attrs(trial_id)
+
+    def remove_session(self) -> None:
+        self.rdb.remove_session()
+
+    # --- heartbeats ---
+
+    @_repeated
+    def record_heartbeat(self, trial_id: int) -> None:
+        self._cached.record_heartbeat(trial_id)
+
+    @_repeated
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """The study's RUNNING trials whose heartbeat stopped, each given a `fail_reason` first.
+
+        BaseHeartbeat's one private method, through which Optuna's fail_stale_trials (its only
+        caller) learns which trials to FAIL; a finished trial takes no attrs, so the reason is
+        written here, just before.
+        """
+        stale = self._cached._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            worker = self.get_trial(trial_id).user_attrs.get(WORKER_ATTR, "its worker")
+            try:
+                self.set_trial_user_attr(
+                    trial_id, FAIL_REASON_ATTR, f"no heartbeat from {worker}: the worker died or lost the study storage"
+                )
+            except UpdateFinishedTrialError:
+                pass  # its worker or another process finished it meanwhile
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.rdb.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.rdb.get_heartbeat_stale_trial_callback()
 
 
 # --- internals ---------------------------------------------------------------------------
@@ -363,7 +562,7 @@ def _open_journal(path: Path) -> JournalStorage:
         ) from None
 
 
-def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, retries: int) -> RDBStorage:
+def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None, retries: int) -> ReconnectingStorage:
     masked = mask_password(url)
     try:
         parsed = make_url(url)
@@ -429,8 +628,8 @@ SCHEMA_RACE_ATTEMPTS = 5
 """How often opening a database storage is tried while other processes create its tables."""
 
 
-def _create_rdb_storage(url: str, **kwargs) -> ReconnectingRDBStorage:
-    """ReconnectingRDBStorage(url, **kwargs), retried while another process creates the same tables.
+def _create_rdb_storage(url: str, **kwargs) -> ReconnectingStorage:
+    """ReconnectingStorage(url, **kwargs), retried while another process creates the same tables.
 
     RDBStorage creates Optuna's tables on first use with check-then-create, which is not atomic:
     two workers (or a worker and `hpsearch status`) opening a fresh PostgreSQL database at the
@@ -439,18 +638,20 @@ def _create_rdb_storage(url: str, **kwargs) -> ReconnectingRDBStorage:
     """
     for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
         try:
-            return ReconnectingRDBStorage(url, **kwargs)
+            return ReconnectingStorage(url, **kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
-            text = str(exc).lower()
-            lost_race = "duplicate key" in text or "already exists" in text
-            if not lost_race or attempt == SCHEMA_RACE_ATTEMPTS:
+            if not _lost_schema_race(exc) or attempt == SCHEMA_RACE_ATTEMPTS:
                 raise
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
 
 
 def _connection_error(parsed: URL, masked: str, exc: sqlalchemy.exc.DBAPIError) -> str:
-    """One sentence for a failed connect: what went wrong, where, and the fix."""
+    """One sentence for a failed connect: what went wrong, where, and the fix.
+
+    libpq reports a failed connection attempt (refused, no such database, bad password) with no
+    SQLSTATE, so the driver's message is all there is to tell them apart here.
+    """
     detail = _detail(parsed, exc)
     text = detail.lower()
     backend = parsed.get_backend_name()

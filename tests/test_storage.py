@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 import time
 import traceback
 
@@ -17,15 +19,18 @@ from hpsearch.storage import (
     DEFAULT_ENV,
     HEARTBEAT_GRACE_ENV,
     HEARTBEAT_INTERVAL_ENV,
-    heartbeat_settings,
+    ReconnectingStorage,
     _connection_error,
     describe,
     fail_stale_trials,
+    heartbeat_settings,
     mark_running_trials_failed,
     mask_password,
     open_storage,
     resolve_storage_url,
     retry_trial,
+    sqlstate,
+    transient_error,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,11 +104,11 @@ def test_journal_file_uses_the_open_lock_and_creates_its_folder(tmp_path):
 @pytest.mark.postgres
 def test_postgres_storage_pings_pooled_connections_and_beats(postgres_url):
     storage = open_storage(postgres_url, heartbeat_interval=7, grace_period=30, retries=2)
-    assert isinstance(storage, RDBStorage)
-    assert storage.engine.pool._pre_ping is True
-    assert storage.engine_kwargs["connect_args"] == {"connect_timeout": 10}
+    assert isinstance(storage, ReconnectingStorage) and isinstance(storage.rdb, RDBStorage)
+    assert storage.rdb.engine.pool._pre_ping is True
+    assert storage.rdb.engine_kwargs["connect_args"] == {"connect_timeout": 10}
     assert storage.get_heartbeat_interval() == 7
-    assert storage.grace_period == 30
+    assert storage.rdb.grace_period == 30
     assert storage.get_heartbeat_stale_trial_callback()._max_retry == 2
 
 
@@ -131,8 +136,8 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(postgres_url):
 
 def test_sqlite_storage_creates_its_folder(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/db/s.db")
-    assert isinstance(storage, RDBStorage)
-    assert storage.engine.pool._pre_ping is True
+    assert isinstance(storage.rdb, RDBStorage)
+    assert storage.rdb.engine.pool._pre_ping is True
     assert (tmp_path / "db" / "s.db").is_file()
 
 
@@ -340,7 +345,7 @@ def test_heartbeat_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(HEARTBEAT_GRACE_ENV, " 7 ")
     assert heartbeat_settings() == (5, 7)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
-    assert storage.get_heartbeat_interval() == 5 and storage.grace_period == 7
+    assert storage.get_heartbeat_interval() == 5 and storage.rdb.grace_period == 7
     assert open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=None).get_heartbeat_interval() is None
 
 
@@ -363,55 +368,170 @@ def test_bad_heartbeat_environment_is_one_sentence(monkeypatch, tmp_path, interv
     assert words in str(_error(str(tmp_path / "s.journal")))
 
 
-# --- lost connections ----------------------------------------------------------------------
+# --- lost connections ---------------------------------------------------------------------
 
 
-def _raise_lost(driver_message: str, error_type=sqlalchemy.exc.OperationalError):
+def _caught(run) -> BaseException:
     try:
-        raise error_type("SELECT 1", {}, Exception(driver_message))
-    except sqlalchemy.exc.DBAPIError as cause:
-        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from cause
+        run()
+    except Exception as error:  # the test inspects whatever the database raised
+        return error
+    raise AssertionError("the database raised nothing")
 
 
-def test_a_lost_connection_is_retried_until_the_database_is_back(monkeypatch, capsys):
-    from types import SimpleNamespace
+def _execute(engine: sqlalchemy.Engine, sql: str) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql(sql)
 
-    from hpsearch import storage as storage_module
 
-    calls = []
+# PL/pgSQL statements: the server ends its own session mid-statement (as an administrator's
+# pg_terminate_backend would), or raises the error named `condition` (PostgreSQL appendix A).
+_END_SESSION = "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5)"
 
-    def flaky(self, value):
-        calls.append(value)
-        if len(calls) < 3:
-            _raise_lost("server closed the connection unexpectedly")
-        return value * 2
 
-    monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)
-    database = SimpleNamespace(url="postgresql+psycopg2://u:s3cret@db.lab/hp")
-    assert storage_module._reconnecting(flaky)(database, 21) == 42
-    assert calls == [21, 21, 21]
-    said = capsys.readouterr().err
-    assert said.count("lost the connection to postgresql+psycopg2://u:***@db.lab/hp") == 1
-    assert "server closed the connection unexpectedly" in said and "s3cret" not in said
-
-    calls.clear()
-    def bad_data(self):
-        calls.append(1)
-        _raise_lost("value too long for type character varying(512)", sqlalchemy.exc.DataError)
-
-    with pytest.raises(optuna.exceptions.StorageInternalError):  # not a connection problem: raised at once
-        storage_module._reconnecting(bad_data)(database)
-    assert calls == [1]
-
-    calls.clear()
-    monkeypatch.setattr(storage_module, "RECONNECT_SECONDS", 0.0)  # the database stays away too long
-    with pytest.raises(optuna.exceptions.StorageInternalError):
-        storage_module._reconnecting(flaky)(database, 1)
-    assert calls == [1]
+def _raise(condition: str) -> str:
+    return f"RAISE EXCEPTION 'raised by the test' USING ERRCODE = '{condition}'"
 
 
 @pytest.mark.postgres
-def test_postgres_storage_reconnects(postgres_url):
-    from hpsearch.storage import ReconnectingRDBStorage
+def test_transient_errors_are_told_apart_by_type_and_sqlstate(postgres_url, tmp_path):
+    engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.NullPool)
+    with socket.socket() as probe:  # a port nobody listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    refused = sqlalchemy.engine.make_url(postgres_url).set(port=closed_port)
+    error = _caught(lambda: sqlalchemy.create_engine(refused).connect())
+    assert isinstance(error, sqlalchemy.exc.OperationalError) and sqlstate(error) is None
+    assert transient_error(error) == "connection"
 
-    assert isinstance(open_storage(postgres_url), ReconnectingRDBStorage)
+    error = _caught(lambda: _execute(engine, f"DO $$ BEGIN {_END_SESSION}; END $$"))
+    assert error.connection_invalidated and transient_error(error) == "connection"
+
+    for condition, code, kind in [
+        ("admin_shutdown", "57P01", "connection"),
+        ("crash_shutdown", "57P02", "connection"),
+        ("cannot_connect_now", "57P03", "connection"),
+        ("connection_failure", "08006", "connection"),
+        ("deadlock_detected", "40P01", "conflict"),
+        ("check_violation", "23514", None),
+    ]:
+        error = _caught(lambda: _execute(engine, f"DO $$ BEGIN {_raise(condition)}; END $$"))
+        assert (sqlstate(error), transient_error(error)) == (code, kind)
+
+    # A real serialization failure: a REPEATABLE READ transaction updates a row changed since its snapshot.
+    _execute(engine, "CREATE TABLE counter (n int); INSERT INTO counter VALUES (0)")
+    with engine.connect() as first, engine.connect() as second:
+        first.execution_options(isolation_level="REPEATABLE READ")
+        first.exec_driver_sql("SELECT n FROM counter").all()
+        second.exec_driver_sql("UPDATE counter SET n = 1")
+        second.commit()
+        error = _caught(lambda: first.exec_driver_sql("UPDATE counter SET n = 2"))
+    assert (sqlstate(error), transient_error(error)) == ("40001", "conflict")
+    assert transient_error(_caught(lambda: _execute(engine, "SELECT 1 / 0"))) is None  # 22012
+    assert transient_error(optuna.exceptions.StorageInternalError("no database under it")) is None
+    engine.dispose()
+
+    # SQLite has no connection to lose: a locked database is worth waiting for, a missing table is not.
+    path = tmp_path / "s.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (n int)")
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlalchemy.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0})
+    assert transient_error(_caught(lambda: _execute(waiter, "INSERT INTO t VALUES (1)"))) == "conflict"
+    assert transient_error(_caught(lambda: _execute(waiter, "SELECT * FROM missing"))) is None
+    holder.close()
+    waiter.dispose()
+
+
+def _sabotage_user_attrs(url: str, action: str, times: int) -> sqlalchemy.Engine:
+    """Make the server run `action` in the first `times` writes of a trial user attr; returns an engine to count them.
+
+    The count is a sequence, which a rolled-back or ended transaction does not undo.
+    """
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE SEQUENCE writes")
+        connection.exec_driver_sql(
+            "CREATE FUNCTION sabotage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF nextval('writes') <= {times} THEN {action}; END IF; RETURN NEW; END $$"
+        )
+        connection.exec_driver_sql(
+            "CREATE TRIGGER sabotage BEFORE INSERT OR UPDATE ON trial_user_attributes "
+            "FOR EACH ROW EXECUTE FUNCTION sabotage()"
+        )
+    return engine
+
+
+def _stop_sabotage(counter: sqlalchemy.Engine) -> None:
+    with counter.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER sabotage ON trial_user_attributes")
+        connection.exec_driver_sql("DROP FUNCTION sabotage()")
+        connection.exec_driver_sql("DROP SEQUENCE writes")
+    counter.dispose()
+
+
+def _writes(engine: sqlalchemy.Engine) -> int:
+    with engine.connect() as connection:
+        return connection.exec_driver_sql("SELECT last_value FROM writes").scalar_one()
+
+
+@pytest.mark.postgres
+def test_a_lost_connection_is_retried_until_the_database_is_back(postgres_url, monkeypatch, capsys):
+    from hpsearch import storage as storage_module
+
+    # The test server trusts everyone, so the password is accepted and must never be shown.
+    url = sqlalchemy.engine.make_url(postgres_url).set(password="s3cret").render_as_string(hide_password=False)
+    storage = open_storage(url, heartbeat_interval=None)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = study.ask()._trial_id
+
+    counter = _sabotage_user_attrs(postgres_url, _END_SESSION, times=2)
+    storage.set_trial_user_attr(trial_id, "note", "kept")  # the server ends the session twice, then lets it through
+    assert _writes(counter) == 3
+    assert study.trials[0].user_attrs == {"note": "kept"}
+    said = capsys.readouterr().err
+    assert said.count("lost the connection to postgresql+psycopg2://postgres:***@") == 1
+    assert "server closed the connection unexpectedly" in said and "s3cret" not in said
+    _stop_sabotage(counter)
+
+    # Optuna ignores integrity errors of attribute writes, so the rejection is a data error (22001).
+    counter = _sabotage_user_attrs(postgres_url, _raise("string_data_right_truncation"), times=1)
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # not a transient error: raised at once
+        storage.set_trial_user_attr(trial_id, "note", "rejected")
+    assert _writes(counter) == 1
+    _stop_sabotage(counter)
+
+    counter = _sabotage_user_attrs(postgres_url, _END_SESSION, times=1000)
+    monkeypatch.setattr(storage_module, "RECONNECT_SECONDS", 0.0)  # the database stays away too long
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        storage.set_trial_user_attr(trial_id, "note", "lost")
+    assert _writes(counter) == 1
+    counter.dispose()
+
+
+@pytest.mark.postgres
+def test_a_conflicting_transaction_is_repeated(postgres_url, capsys):
+    storage = open_storage(postgres_url, heartbeat_interval=None)
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial_id = study.ask()._trial_id
+    counter = _sabotage_user_attrs(postgres_url, _raise("serialization_failure"), times=1)
+    storage.set_trial_user_attr(trial_id, "note", "kept")
+    assert _writes(counter) == 2
+    assert study.trials[0].user_attrs == {"note": "kept"}
+    assert "a transaction conflicted on postgresql+psycopg2://" in capsys.readouterr().err
+    counter.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_storage_is_a_heartbeat_storage_behind_optunas_public_interface(postgres_url):
+    storage = open_storage(postgres_url, heartbeat_interval=9)
+    assert isinstance(storage, ReconnectingStorage) and not isinstance(storage, RDBStorage)
+    assert isinstance(storage, optuna.storages.BaseStorage) and storage.get_heartbeat_interval() == 9
+    study = optuna.create_study(storage=storage)
+    assert study._storage is storage  # Optuna uses it as it is
+    study.optimize(_objective, n_trials=2)
+    # Optuna's trial cache is in front: finished trials are read once, not on every call.
+    first, again = (storage.get_all_trials(study._study_id, deepcopy=False) for _ in range(2))
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+    assert all(a is b for a, b in zip(first, again))
+    assert storage.rdb.get_all_trials(study._study_id, deepcopy=False)[0] is not first[0]
