@@ -23,7 +23,6 @@ import signal
 import socket
 import socketserver
 import sys
-from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpsearch.errors import UsageError
@@ -54,15 +53,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def artifact_store(folder: Path | None):
-    """The FileSystemArtifactStore on `folder`, or None when the folder does not exist (nothing is created)."""
-    if folder is None or not folder.is_dir():
-        return None
-    from optuna.artifacts import FileSystemArtifactStore
-
-    return FileSystemArtifactStore(str(folder.resolve()))
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):

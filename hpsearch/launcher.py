@@ -39,6 +39,7 @@ MAX_RESTARTS = 3  # per worker slot
 STOP_GRACE_SECONDS = 8.0  # SIGTERM, then SIGKILL after this long
 POLL_SECONDS = 0.5
 CHECK_SECONDS = 5.0  # how often the launcher looks for stalled workers and orphaned trials
+TARGET_GRACE_SECONDS = 60.0  # after the target is reached, how long workers have to notice and exit
 STALL_ENV = "HPSEARCH_STALL_TIMEOUT"
 DEFAULT_STALL_SECONDS = 1800.0
 """A worker that reports nothing for this long is killed and its trial re-queued: longer than
@@ -108,7 +109,7 @@ class Launcher:
         target: COMPLETE trials to reach.
         gpus: per worker, a GPU (as CUDA_VISIBLE_DEVICES names it) or None; a GPU may appear more than once.
         threads: CPU threads per worker (None: TensorFlow's default).
-        artifacts: folder of the trial model store.
+        artifacts: the trial model store, a folder or s3://bucket/prefix (hpsearch.artifacts).
         log_dir: where each worker's output goes.
         stall_seconds: a worker silent this long is killed (default: stall_timeout()).
     """
@@ -118,11 +119,12 @@ class Launcher:
         self.config = config
         self.stall_seconds = stall_timeout() if stall_seconds is None else stall_seconds
         self._checked_at = 0.0
+        self._target_reached_at: float | None = None  # when _watch first saw the study at its target
         self.storage_url = storage_url
         self.storage = storage
         self.target = target
         self.threads = threads
-        self.artifacts = Path(artifacts)
+        self.artifacts = str(artifacts)
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._status_dir = Path(tempfile.mkdtemp(prefix="hpsearch-launch-"))
@@ -235,7 +237,10 @@ class Launcher:
         study = optuna.load_study(study_name=self.config.name, storage=self.storage)
         fail_orphaned_trials(study)  # a dead worker of an earlier launch, or of a standalone `hpsearch worker`
         alive = [slot for slot in self.slots if slot.process is not None and slot.process.poll() is None]
-        if alive and counts(study)[0] >= self.target:
+        reached = counts(study)[0] >= self.target
+        self._target_reached_at = (self._target_reached_at or now) if reached else None
+        # Workers notice the target themselves within seconds; only those still there after a grace are stopped.
+        if alive and reached and now - self._target_reached_at > TARGET_GRACE_SECONDS:
             pids = self._end_workers()
             reason = "the study reached its target while this worker was still running"
             for pid in pids:

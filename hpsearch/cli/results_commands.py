@@ -38,8 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     dashboard.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
     dashboard.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
-    dashboard.add_argument("--artifacts",
-                           help="folder of the trial model store (default: artifacts/ beside the study file)")
+    dashboard.add_argument("--artifacts", help="the trial model store: a folder or s3://bucket/prefix (default: "
+                           "$HPSEARCH_ARTIFACTS, else artifacts/ beside the study file)")
     dashboard.add_argument("--allow-writes", action="store_true",
                            help="let the dashboard change the study (notes, finishing trials, deleting studies); "
                            "off so it cannot disturb workers")
@@ -174,7 +174,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the study storage; read-only unless --allow-writes (see hpsearch.dashboard)."""
     import optuna
 
-    from hpsearch.dashboard import artifact_store, make_dashboard_server, serve, url_of, warn_if_exposed
+    from hpsearch.artifacts import open_artifact_store, resolve_artifacts
+    from hpsearch.dashboard import make_dashboard_server, serve, url_of, warn_if_exposed
     from hpsearch.export import check_storage_exists
     from hpsearch.storage import describe
 
@@ -186,8 +187,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         args.study_file, args.study_home = None, STUDIES_FOLDER
     check_storage_exists(storage_url(args))
     url, storage = open_study_storage(args)
-    folder = Path(args.artifacts) if args.artifacts else study_paths(args.study_home)["artifacts"]
-    store = artifact_store(folder)
+    folder = resolve_artifacts(args.artifacts, default_folder=study_paths(args.study_home)["artifacts"])
+    store = open_artifact_store(folder, create=False)
     name = None
     if args.study is not None:
         name = resolve_study(args, storage).name if args.study_file is not None else args.study

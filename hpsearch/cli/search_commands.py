@@ -19,10 +19,13 @@ from hpsearch.cli.options import (
     study_paths,
     writable_folder,
 )
+from hpsearch.artifacts import is_s3, open_artifact_store, resolve_artifacts
 from hpsearch.errors import UsageError
 from hpsearch.templates import STUDIES_FOLDER, TEMPLATE_NAMES
 
 TEMPLATES = ", ".join(TEMPLATE_NAMES)
+ARTIFACTS_HELP = ("where trial models and checkpoints go: a folder, or s3://bucket/prefix that every machine reaches "
+                  f"(default: $HPSEARCH_ARTIFACTS, else {STUDIES_FOLDER}/artifacts beside the study)")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -42,6 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_study_options(launch, f"study YAML file, or a template name ({TEMPLATES}; default: quickstart, "
                               f"{STUDIES_FOLDER}/quickstart.yaml where it exists)")
     launch.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the study file's 'trials')")
+    launch.add_argument("--artifacts", help=ARTIFACTS_HELP)
     launch.add_argument("--gpus", help="GPUs to use: indices, UUIDs (GPU-...) or MIG instances (MIG-...), e.g. 0,1 "
                                        "(default: all found, within an inherited CUDA_VISIBLE_DEVICES)")
     launch.add_argument("--deterministic", action="store_true",
@@ -67,7 +71,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the launcher's target)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow (default: all)")
     worker.add_argument("--data", help="dataset folder on this machine, if not where the launcher had it")
-    worker.add_argument("--artifacts", help=f"folder of the trial model store (default: {STUDIES_FOLDER}/artifacts)")
+    worker.add_argument("--artifacts", help=ARTIFACTS_HELP)
     worker.add_argument("--index", default="0", help=argparse.SUPPRESS)
     worker.add_argument("--status-file", help=argparse.SUPPRESS)
     worker.set_defaults(handler=cmd_worker)
@@ -114,7 +118,11 @@ def cmd_launch(args: argparse.Namespace) -> int:
     threads = None if any(g is not None for g in gpus) else cpu_threads(len(gpus))
     paths = study_paths(args.study_home)
     fix = f"move it away, or keep the study file in another folder than {args.study_home}"
-    writable_folder(paths["artifacts"], "trial models", fix)
+    artifacts = resolve_artifacts(args.artifacts, default_folder=paths["artifacts"])
+    if is_s3(artifacts):
+        open_artifact_store(artifacts, create=False)  # the bucket checked once here, not by every worker's trial
+    else:
+        writable_folder(Path(artifacts), "trial models", fix)
     writable_folder(paths["logs"] / config.name, "worker logs", fix)
     url, storage = open_study_storage(args)
     if config.synth is not None and not config.data_path.exists():
@@ -135,7 +143,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     flags += f" --storage {shlex.quote(shown)}" if args.storage else ""
     launcher = Launcher(
         config, url, storage, target=target, gpus=gpus, threads=threads,
-        artifacts=paths["artifacts"], log_dir=paths["logs"] / config.name,
+        artifacts=artifacts, log_dir=paths["logs"] / config.name,
     )
     devices = describe_gpus(gpus) if threads is None else f"CPU, {threads} thread(s) each"
     print(f"starting {len(gpus)} worker(s) on {devices}; logs in {launcher.log_dir}")
@@ -211,7 +219,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.gpu is not None or args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = "" if args.cpu else args.gpu  # before TensorFlow loads
     import optuna
-    import optuna.artifacts
 
     from hpsearch.launcher import prepare_study
     from hpsearch.storage import mask_password
@@ -232,9 +239,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # A worker given the study file may be the first to arrive: it creates the study.
         stored_target = prepare_study(config, storage, target=args.trials or config.trials).user_attrs[TARGET_ATTR]
     target = args.trials or stored_target or config.trials
-    artifacts = Path(args.artifacts or study_paths(args.study_home)["artifacts"])
-    writable_folder(artifacts, "trial models", "pass --artifacts DIR to name a writable folder")
-    store = optuna.artifacts.FileSystemArtifactStore(str(artifacts.resolve()))
+    artifacts = resolve_artifacts(args.artifacts, default_folder=study_paths(args.study_home)["artifacts"])
+    if not is_s3(artifacts):
+        writable_folder(Path(artifacts), "trial models", "pass --artifacts DIR (or s3://bucket/prefix)")
+    store = open_artifact_store(artifacts, create=True)
     return run_worker(
         config, storage, index=args.index, target=target, threads=args.threads,
         artifact_store=store, status_path=args.status_file,
