@@ -63,8 +63,9 @@ def draw(rng: np.random.Generator, distribution) -> float | int:
 def fill(storage, name: str, made: list[tuple[dict, float]]) -> None:
     """Create study `name` through Optuna, then write `made` as COMPLETE trials 0, 1, … in bulk."""
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    if isinstance(storage, RDBStorage):
-        fill_rdb(storage, study._study_id, made)
+    rdb = getattr(storage, "rdb", storage)  # hpsearch's ReconnectingStorage keeps its RDBStorage as .rdb
+    if isinstance(rdb, RDBStorage):
+        fill_rdb(rdb, study._study_id, made)
     elif isinstance(storage, JournalStorage):
         fill_journal(storage, study._study_id, made)
     else:
@@ -207,8 +208,9 @@ def main() -> None:
             for name, (first, median) in results.items():
                 print(f"| {label} | {name} | {median * 1e3:.1f} | {median / random_median:.2f} | {first * 1e3:.0f} |")
             print(flush=True)
-            if hasattr(storage, "engine"):
-                storage.engine.dispose()
+            rdb = getattr(storage, "rdb", storage)
+            if hasattr(rdb, "engine"):
+                rdb.engine.dispose()
     finally:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
