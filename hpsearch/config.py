@@ -220,6 +220,9 @@ def load_study(path: str | os.PathLike, *, home: str | os.PathLike | None = None
             raise UsageError(f"{where} {refused}.") from None
         detail = " ".join(str(error).split())
         raise UsageError(f"{where} is not valid YAML ({detail}); fix the syntax at that line.") from None
+    except ValueError as error:  # a tagged or over-long scalar (!!int x, !!timestamp 2001-13-45, 5000 digits)
+        detail = " ".join(str(error).split()).rstrip(".")
+        raise UsageError(f"{where} holds a value YAML cannot read ({detail}); fix it.") from None
     if not isinstance(document, dict):
         raise UsageError(
             f"{where} must hold a mapping of study keys ({', '.join(_TOP_KEYS)}), got {type(document).__name__}."

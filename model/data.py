@@ -126,8 +126,22 @@ def _load_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     except InputError:
         raise
     except Exception as error:  # nibabel, gzip and zlib raise many types for a broken file
-        reason = str(error).strip().rstrip(".") or type(error).__name__
+        reason = " ".join(str(error).split()).rstrip(".") or type(error).__name__
         raise InputError(f"{path} is not a readable NIfTI file ({reason}); replace or re-export it.") from None
+    if 0 in data.shape:
+        raise InputError(f"{path} has shape {tuple(data.shape)}, an empty volume; replace or re-export it.")
+    if np.iscomplexobj(data):
+        raise InputError(f"{path} holds complex values; save the magnitude image as real numbers.")
+    # The orientation (model.orientation) comes from the affine: it must give every axis a finite, non-zero size.
+    axes = np.asarray(nifti.affine, dtype=np.float64)[:3, :3]
+    with np.errstate(all="ignore"):
+        sizes = np.linalg.norm(axes, axis=0) if np.isfinite(axes).all() else np.full(3, np.nan)
+    if not (np.isfinite(sizes).all() and (sizes > 0).all() and abs(np.linalg.det(axes)) > 0):
+        zooms = tuple(float(z) for z in nifti.header.get_zooms()[:3])
+        raise InputError(
+            f"{path} has voxel sizes {zooms} or an orientation (qform/sform) that is not finite and non-zero; "
+            "fix its header."
+        )
     return nifti, data
 
 
@@ -228,23 +242,42 @@ def _class_names(json_path: Path, by_value: dict[int, str]) -> tuple[str, ...]:
     return tuple(by_value[v] for v in values)
 
 
+def _numbered_names(json_path: Path, field: str, mapping: dict, example: str) -> dict[int, str]:
+    """{"0": "MRI", ...} -> {0: "MRI", ...}; InputError unless every key is a number and every value text."""
+    try:
+        numbered = {int(key): value for key, value in mapping.items()}
+    except ValueError:
+        raise InputError(f"{json_path}: {field!r} keys must be numbers like {example}.") from None
+    for value in numbered.values():
+        if not isinstance(value, str):
+            raise InputError(f"{json_path}: {field!r} must map numbers to names like {example}, got {value!r}.")
+    return numbered
+
+
+def _entry_path(json_path: Path, root: Path, index: int, entry: dict, field: str) -> Path:
+    value = entry[field]
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise InputError(f"{json_path}: training entry {index} has {field} {value!r}; give the path of a NIfTI file.")
+    return (root / value).resolve()
+
+
 def _read_msd_v1(root: Path, json_path: Path, description: dict) -> Dataset:
     labels = _require(json_path, description, "labels", dict)
-    try:
-        by_value = {int(key): str(name) for key, name in labels.items()}
-    except ValueError:
-        raise InputError(f"{json_path}: 'labels' keys must be class numbers like \"0\", \"1\".") from None
+    by_value = _numbered_names(json_path, "labels", labels, '{"0": "background", "1": "heart"}')
     modality = description.get("modality", {"0": "image"})
     if not isinstance(modality, dict) or not modality:
         raise InputError(f"{json_path}: field 'modality' must be an object like {{\"0\": \"MRI\"}}.")
-    channel_names = tuple(str(modality[k]) for k in sorted(modality, key=int))
+    channels = _numbered_names(json_path, "modality", modality, '{"0": "MRI"}')
+    if sorted(channels) != list(range(len(channels))):
+        raise InputError(f"{json_path}: 'modality' must number the channels 0, 1, ..., got {sorted(channels)}.")
+    channel_names = tuple(channels[c] for c in sorted(channels))
     training = _require(json_path, description, "training", list)
     cases = []
     for index, entry in enumerate(training):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise InputError(f"{json_path}: training entry {index} needs 'image' and 'label' paths.")
-        image = (root / entry["image"]).resolve()
-        label = (root / entry["label"]).resolve()
+        image = _entry_path(json_path, root, index, entry, "image")
+        label = _entry_path(json_path, root, index, entry, "label")
         cases.append(CaseFiles(_strip_ending(image.name), (image,), label))
     return Dataset(root, str(description.get("name", root.name)), _class_names(json_path, by_value), channel_names, tuple(cases))
 
@@ -260,10 +293,12 @@ def _read_nnunet_v2(root: Path, json_path: Path, description: dict) -> Dataset:
                 f"{json_path}: label {name!r} must map to one class number (region-based labels are not supported)."
             )
         by_value[value] = str(name)
-    try:
-        channel_names = tuple(str(channels[k]) for k in sorted(channels, key=int))
-    except ValueError:
-        raise InputError(f"{json_path}: 'channel_names' keys must be channel numbers like \"0\".") from None
+    if ending not in NIFTI_ENDINGS:
+        raise InputError(f"{json_path}: 'file_ending' is {ending!r}; hpsearch reads NIfTI: use \".nii.gz\" or \".nii\".")
+    numbered = _numbered_names(json_path, "channel_names", channels, '{"0": "T2"}')
+    if not numbered or sorted(numbered) != list(range(len(numbered))):
+        raise InputError(f"{json_path}: 'channel_names' must number the channels 0, 1, ..., got {sorted(numbered)}.")
+    channel_names = tuple(numbered[c] for c in sorted(numbered))
     label_dir = root / "labelsTr"
     if not label_dir.is_dir():
         raise InputError(f"{label_dir} is missing; an nnU-Net dataset keeps its labels there.")

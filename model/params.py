@@ -84,12 +84,12 @@ def check_value(name: str, value: Any, low: float, high: float, integer: bool) -
     """Raise InputError unless `value` is a finite number in its range (exclusive of 0 where 0 is useless)."""
     if integer:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{name!r} must be a whole number, got {value!r}.")
+            raise InputError(f"{name!r} must be a whole number, got {_short(value)}.")
         if not low <= value <= high:
-            raise InputError(f"{name!r} must be between {low} and {high}, got {value}.")
+            raise InputError(f"{name!r} must be between {low} and {high}, got {_short(value)}.")
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{name!r} must be a finite number, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+        raise InputError(f"{name!r} must be a finite number, got {_short(value)}.")
     if name == "dropout keep probability":
         ok = low < value <= high  # keep probability 0 would drop everything
     elif high == 1.0:
@@ -99,7 +99,23 @@ def check_value(name: str, value: Any, low: float, high: float, integer: bool) -
         if name == "l2 regularization weight":
             ok = value >= 0.0
     if not ok:
-        raise InputError(f"{name!r} is out of range: {value!r}.")
+        raise InputError(f"{name!r} is out of range: {_short(value)}.")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def _short(value: Any) -> str:
+    """repr(value), cut to 60 characters: a sentence names the value, it need not print a megabyte of it."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python prints
+        return "a number too long to print"
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _number(source: str, key: str, value: Any) -> float | int:
@@ -108,7 +124,7 @@ def _number(source: str, key: str, value: Any) -> float | int:
         try:
             value = float(value)
         except ValueError:
-            raise InputError(f"{source}: {key!r} must be a number, got {value!r}.") from None
+            raise InputError(f"{source}: {key!r} must be a number, got {_short(value)}.") from None
     if key == "channels in first conv layer" and isinstance(value, float) and value.is_integer():
         value = int(value)
     return value
@@ -127,7 +143,11 @@ def load_params(path: str | os.PathLike) -> Hyperparameters:
         refused = refused_yaml_tag(error)
         if refused:
             raise InputError(f"params file {os.fspath(path)!r} {refused}.") from None
-        raise InputError(f"params file {os.fspath(path)!r} is not valid YAML: {error}".rstrip(".") + ".") from None
+        detail = " ".join(str(error).split()).rstrip(".")  # PyYAML's message spans lines: one sentence
+        raise InputError(f"params file {os.fspath(path)!r} is not valid YAML ({detail}); fix the syntax at that line.") from None
+    except ValueError as error:  # a tagged or over-long scalar (!!int x, !!timestamp 2001-13-45, 5000 digits)
+        detail = " ".join(str(error).split()).rstrip(".")
+        raise InputError(f"params file {os.fspath(path)!r} holds a value YAML cannot read ({detail}); fix it.") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):

@@ -61,6 +61,17 @@ def check_new_folder(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty; choose a new --out folder or delete it.")
+    # The folder is made at the end; refuse now, not after the training, a place where it cannot be.
+    existing = next((folder for folder in (out, *out.parents) if folder.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise InputError(f"{existing} is a file, so the folder {out} cannot be made; choose another --out folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"{out} cannot be written ({existing}: {error.strerror or error}); choose another --out folder."
+        ) from None
     return out
 
 

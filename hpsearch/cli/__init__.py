@@ -10,6 +10,7 @@ shown for either (HPSEARCH_DEBUG=1 shows one).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -104,6 +105,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpsearch: the study storage failed ({detail}); check that the database is up, "
               "then run the command again.", file=sys.stderr)
         return 1
+    except OSError as error:
+        if os.environ.get("HPSEARCH_DEBUG"):
+            raise
+        # A path the system refuses (too long, a file where a folder must be, no permission, a full disk)
+        # can surface wherever a path is touched; each is one sentence here, naming the path.
+        print(f"hpsearch: error: {os_error_sentence(error)}", file=sys.stderr)
+        return 2 if error.errno in _INPUT_ERRNOS else 1
+    except MemoryError:
+        if os.environ.get("HPSEARCH_DEBUG"):
+            raise
+        print("hpsearch: error: out of memory; use smaller volumes, a smaller --patch or --batch, "
+              "or a machine with more memory.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hpsearch: interrupted", file=sys.stderr)
         return 130
+
+
+# A path the user gave is wrong (exit 2); any other OSError (ENOSPC, EIO, ...) is a failure (exit 1).
+_INPUT_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EACCES,
+                           errno.EPERM, errno.EROFS, errno.ELOOP, errno.EEXIST, errno.EINVAL})
+
+
+def os_error_sentence(error: OSError) -> str:
+    """One sentence for an OSError: the path, the system's reason and what to do."""
+    reason = error.strerror or " ".join(str(error).split()) or type(error).__name__
+    where = f" {error.filename}" if error.filename is not None else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left to write{where} ({reason}); free space there or choose another path."
+    if error.errno in _INPUT_ERRNOS:
+        return f"cannot use the path{where} ({reason}); check the path and its permissions."
+    return f"the system refused{where or ' an operation'} ({reason}); check the disk and try again."

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from hpsearch.cli.options import fraction, positive_int, shape_argument
-from hpsearch.errors import UsageError
+from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.outputs import check_not_protected
 
 
@@ -165,18 +166,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(params, data, config, on_step=on_step, on_eval=on_eval, on_collapse=on_collapse)
     split_record = {"seed": args.seed, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
                     "train": list(split.train), "val": list(split.val), "test": list(split.test)}
-    save_run(
-        out, result, params, config,
-        class_names=dataset.class_names,
-        channel_names=dataset.channel_names,
-        extra={"dataset": str(Path(args.data).resolve()), "split": split_record},
-    )
+
+    def save(folder: Path) -> None:
+        save_run(folder, result, params, config, class_names=dataset.class_names, channel_names=dataset.channel_names,
+                 extra={"dataset": str(Path(args.data).resolve()), "split": split_record})
+
+    try:
+        save(out)
+    except OSError as error:  # a full disk, a folder gone read-only while training ran
+        raise HpsearchError(rescue_model(save, out, error)) from None
     per_class = ", ".join(f"{name} {iou:.4f}" for name, iou in zip(dataset.class_names[1:], result.best.per_class[1:]))
     print(
         f"validation IoU {result.best.iou:.4f} (step {result.best.step}; {per_class}) "
         f"after {result.steps} steps in {result.seconds:.0f} s; model written to {out}"
     )
     return 0
+
+
+def rescue_model(save, out: Path, error: OSError) -> str:
+    """The trained model lives only in memory now: save it under the temporary folder (`save(folder)`) rather than
+    lose the training, and return the sentence that says where it went (or that it is lost)."""
+    reason = error.strerror or " ".join(str(error).split())
+    fallback = Path(tempfile.gettempdir()) / f"hpsearch-rescued-{out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        save(fallback)
+    except OSError as second:
+        return (f"the model could not be written to {out} ({reason}) nor to {fallback} "
+                f"({second.strerror or second}); the trained weights are lost: free space and train again.")
+    return f"the model could not be written to {out} ({reason}); it was saved to {fallback} instead: move it to where you want it."
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
