@@ -24,9 +24,19 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from model import FIELDS_BY_NAME, TABLE1_NAMES, Hyperparameters, InputError, TrainConfig, refused_yaml_tag, write_dataset
+from model import (
+    BLOCKS,
+    FIELDS_BY_NAME,
+    LOSSES,
+    TABLE1_NAMES,
+    Hyperparameters,
+    InputError,
+    TrainConfig,
+    refused_yaml_tag,
+    write_dataset,
+)
 from hpsearch._sampler import NeighborhoodSampler
 from hpsearch.errors import UsageError
 from hpsearch.preflight import format_bytes, memory_limit, training_step_bytes
@@ -87,6 +97,9 @@ _TRAINING_FIELDS = {
 }
 _TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _SPACE_KEYS = ("low", "high", "log", "step")
+# Training settings a study may search as categorical dimensions (`loss: {choices: [joint, per_class]}`):
+# search_space key (also the training: key and the trial's parameter name) -> the values allowed.
+TRAINING_CHOICES: dict[str, tuple] = {"loss": LOSSES, "block": BLOCKS, "augment": (False, True)}
 # Probabilities and betas live in [0, 1]: searched linearly unless the file says otherwise; the
 # rest span orders of magnitude, so log scale by default.
 _LINEAR_BY_DEFAULT = (TABLE1_NAMES["keep_prob"], TABLE1_NAMES["beta1"], TABLE1_NAMES["beta2"])
@@ -98,7 +111,9 @@ class StudyConfig:
 
     `training` holds TrainConfig keyword arguments (all but seed and deterministic); `synth`
     holds model.synth.write_dataset keyword arguments or None; `start` holds all seven Table 1
-    values; `search_space` holds only the searched ones (the rest stay at their start value).
+    values; `search_space` holds only the searched ones (the rest stay at their start value):
+    Table 1 names -> {low, high, log, step}, then TRAINING_CHOICES keys -> {choices}, whose start
+    value is the `training` one.
     """
 
     name: str
@@ -121,7 +136,9 @@ class StudyConfig:
         """The Optuna distributions of the searched hyperparameters, under the paper's names."""
         result: dict[str, BaseDistribution] = {}
         for name, space in self.search_space.items():
-            if name == CHANNELS:
+            if name in TRAINING_CHOICES:
+                result[name] = CategoricalDistribution(space["choices"])
+            elif name == CHANNELS:
                 step = 1 if space["step"] is None else space["step"]
                 result[name] = IntDistribution(space["low"], space["high"], log=space["log"], step=step)
             else:
@@ -136,18 +153,33 @@ class StudyConfig:
         """The study's pruner; NopPruner when there is none."""
         return _build_pruner(self.pruner or {"name": "none"}, "the study")
 
-    def train_config(self, trial_number: int) -> TrainConfig:
+    def train_config(self, trial_number: int, params: Mapping[str, Any] | None = None) -> TrainConfig:
         """How trial `trial_number` trains: its seed is the study seed plus the trial number (past
-        SEED_MAX, counted again from 0), or the study seed itself when trial_seeds is "shared"."""
+        SEED_MAX, counted again from 0), or the study seed itself when trial_seeds is "shared".
+
+        `params` (e.g. trial.params): the trial's training choices (TRAINING_CHOICES keys: loss,
+        block, augment) replace the study's `training` values; Table 1 names in it are ignored.
+        """
         if self.seed is None or self.trial_seeds == "shared":
             seed = self.seed
         else:
             seed = (self.seed + trial_number) % (SEED_MAX + 1)
-        return TrainConfig(**self.training, seed=seed, deterministic=self.deterministic)
+        return TrainConfig(**self._training_with(params), seed=seed, deterministic=self.deterministic)
+
+    def training_choices(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """{loss, block, augment} as a trial with `params` trains: its choices over the study's training values."""
+        training = self._training_with(params)
+        return {key: training[_TRAINING_FIELDS[key]] for key in TRAINING_CHOICES}
 
     def hyperparameters(self, params: Mapping[str, Any]) -> Hyperparameters:
-        """A trial's hyperparameters: `params` (Table 1 names, e.g. trial.params) over the start values."""
-        return Hyperparameters.from_table1({**self.start, **params}, source=f"study {self.name!r}")
+        """A trial's hyperparameters: `params` (Table 1 names, e.g. trial.params; its training
+        choices are ignored here, see train_config) over the start values."""
+        table1 = {name: value for name, value in params.items() if name not in TRAINING_CHOICES}
+        return Hyperparameters.from_table1({**self.start, **table1}, source=f"study {self.name!r}")
+
+    def _training_with(self, params: Mapping[str, Any] | None) -> dict:
+        chosen = {_TRAINING_FIELDS[key]: value for key, value in (params or {}).items() if key in TRAINING_CHOICES}
+        return {**self.training, **chosen}
 
     def to_dict(self) -> dict:
         """The JSON-safe study-file form with every default filled in (paths absolute)."""
@@ -190,8 +222,13 @@ class StudyConfig:
         base = source_path.parent if source_path is not None else Path.cwd()
         return _parse(copy.deepcopy(document), _Checker(where), source_path, base, check_data)
 
-    def _searched_start(self) -> dict[str, float | int]:
-        return {name: self.start[name] for name in self.search_space}
+    def _searched_start(self) -> dict[str, Any]:
+        return _start_point(self.start, self.training, self.search_space)
+
+
+def _start_point(start: dict, training: dict, search_space: dict) -> dict[str, Any]:
+    """The searched dimensions' start values: Table 1 ones from `start`, training choices from `training`."""
+    return {name: training[_TRAINING_FIELDS[name]] if name in TRAINING_CHOICES else start[name] for name in search_space}
 
 
 def load_study(path: str | os.PathLike, *, home: str | os.PathLike | None = None) -> StudyConfig:
@@ -345,9 +382,11 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
         raise check.fail("trial_seeds: shared needs a seed for every trial to share; add e.g. seed: 0.")
     deterministic = check.boolean(document.get("deterministic", False), "deterministic")
     start = _parse_start(check, document.get("start"))
-    search_space = _parse_search_space(check, document["search_space"], start)
+    search_space = _parse_search_space(check, document["search_space"], start, training)
     if check_data:
-        _check_memory(check, training, search_space[CHANNELS]["high"] if CHANNELS in search_space else start[CHANNELS])
+        channels = search_space[CHANNELS]["high"] if CHANNELS in search_space else start[CHANNELS]
+        for block in search_space.get("block", {}).get("choices", [training["block"]]):  # each block a trial may train
+            _check_memory(check, {**training, "block": block}, channels)
     sampler = _parse_component(check, document.get("sampler"), "sampler", SAMPLERS)
     pruner = _parse_component(check, document.get("pruner"), "pruner", PRUNERS)
     if sampler is None:
@@ -355,7 +394,7 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
     if pruner is not None and pruner["name"] == "none":
         pruner = None  # NopPruner takes no options, so _parse_component refused any
     # Build them once now, so bad option values fail at load rather than in a worker.
-    _build_sampler(sampler, seed, {n: start[n] for n in search_space}, check.where)
+    _build_sampler(sampler, seed, _start_point(start, training, search_space), check.where)
     if pruner is not None:
         _build_pruner(pruner, check.where)
     return StudyConfig(
@@ -486,16 +525,48 @@ def _normalise(values: Mapping[str, Any]) -> dict[str, float | int]:
     return {name: int(v) if name == CHANNELS else float(v) for name, v in values.items()}
 
 
-def _parse_search_space(check: _Checker, value: Any, start: dict[str, float | int]) -> dict[str, dict]:
-    check.mapping(value, "search_space", tuple(FIELDS_BY_NAME))
+def _parse_search_space(check: _Checker, value: Any, start: dict[str, float | int], training: dict) -> dict[str, dict]:
+    check.mapping(value, "search_space", (*FIELDS_BY_NAME, *TRAINING_CHOICES))
     if not value:
         raise check.fail("search_space is empty; give bounds for at least one Table 1 hyperparameter, "
-                         "e.g. 'learning rate: {low: 1.0e-6, high: 1.0e-2}'.")
+                         "e.g. 'learning rate: {low: 1.0e-6, high: 1.0e-2}', or choices such as "
+                         "'loss: {choices: [joint, per_class]}'.")
     space = {}
     for name in FIELDS_BY_NAME:  # the paper's order
         if name in value:
             space[name] = _parse_bounds(check, name, value[name], start[name])
+    for key, allowed in TRAINING_CHOICES.items():  # then the training choices
+        if key in value:
+            space[key] = _parse_choices(check, key, value[key], allowed, training[_TRAINING_FIELDS[key]])
     return space
+
+
+def _parse_choices(check: _Checker, key: str, value: Any, allowed: tuple, start_value: Any) -> dict:
+    """A categorical dimension `{choices: [...]}`: a non-empty list of distinct values from `allowed`,
+    holding the study's training value (the start point)."""
+    place = f"search_space {key!r}"
+    allowed_text = ", ".join(_choice_text(a) for a in allowed)
+    check.mapping(value, place, ("choices",), required=("choices",))
+    choices = value["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise check.fail(f"{place} choices must be a non-empty list of values from {allowed_text}, got {choices!r}.")
+    for index, choice in enumerate(choices):
+        # By type too: YAML's 1 is not true, and "false" is not false.
+        if not any(type(choice) is type(a) and choice == a for a in allowed):
+            raise check.fail(f"{place} has the choice {choice!r}, which is not one of {allowed_text}; choose from those.")
+        if choice in choices[:index]:
+            raise check.fail(f"{place} lists the choice {_choice_text(choice)} twice; keep one.")
+    if not any(type(c) is type(start_value) and c == start_value for c in choices):
+        raise check.fail(
+            f"the start value {_choice_text(start_value)} of {key!r} (training.{key}) is not among its choices "
+            f"{', '.join(_choice_text(c) for c in choices)}; set training.{key} to one of them or add it to the choices."
+        )
+    return {"choices": list(choices)}
+
+
+def _choice_text(value: Any) -> str:
+    # As the study file writes it: true / false, and plain words.
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _parse_bounds(check: _Checker, name: str, value: Any, start_value: float | int) -> dict:

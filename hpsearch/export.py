@@ -1,9 +1,11 @@
 """`hpsearch export`: a study's best COMPLETE trial as the paper's Table 1, in YAML or Markdown.
 
 The YAML form is the `--params` input of `hpsearch train` (model.params.load_params reads it):
-descriptive keys from model.params.METADATA_KEYS, then `hyperparameters:` with the seven paper
-names in the paper's order. The searched values are the trial's; the unsearched ones are the
-study's start point (what the trial trained with). Numbers are written by
+descriptive keys from model.params.METADATA_KEYS, then `training:` with the trial's training
+choices (loss, block, augment: `hpsearch train` trains with them unless its flags say otherwise),
+then `hyperparameters:` with the seven paper names in the paper's order. The searched values are
+the trial's; the unsearched ones are the study's start point and training values (what the trial
+trained with). Numbers are written by
 model.params.format_number, so arithmetic noise disappears (3.0e-4, not 0.00030000000000000003)
 while every value reads back to a relative 1e-12.
 
@@ -25,7 +27,7 @@ import optuna
 import yaml
 
 from model import TABLE1_NAMES, Hyperparameters, format_number
-from hpsearch.config import StudyConfig
+from hpsearch.config import TRAINING_CHOICES, StudyConfig
 from hpsearch.errors import UsageError
 from hpsearch.storage import describe, is_rdb_url, journal_path
 from hpsearch.vocabulary import CONFIG_ATTR, PER_CLASS_ATTR, study_best_trial
@@ -38,7 +40,9 @@ IOU_DIGITS = 6  # validation IoU as `hpsearch train` records it in params.yaml
 class ExportedTrial:
     """The best trial of a study, ready to be written as Table 1.
 
-    `searched` names the hyperparameters the study searched; the others are its start values.
+    `searched` names the dimensions the study searched (Table 1 names, loss, block, augment); the
+    others are its start values. `training` holds the loss, block and augment the trial trained
+    with (only the searched ones for a study hpsearch did not create).
     """
 
     study: str
@@ -48,6 +52,7 @@ class ExportedTrial:
     params: Hyperparameters
     searched: tuple[str, ...]
     source: str | None = None
+    training: dict[str, object] = dataclasses.field(default_factory=dict)
 
     def header(self) -> dict[str, object]:
         """The descriptive keys (model.params.METADATA_KEYS names) in the order they are written."""
@@ -111,16 +116,19 @@ def exported_trial(study: optuna.Study, config: StudyConfig | None, *, source: s
     if config is not None:
         params = config.hyperparameters(best.params)
         searched = tuple(config.search_space)
+        training = config.training_choices(best.params)
     else:  # a study hpsearch did not create: Table 1 fills in what it did not search
-        params = Hyperparameters.from_table1(dict(best.params), source=f"trial {best.number} of study {study.study_name!r}")
+        table1 = {name: value for name, value in best.params.items() if name not in TRAINING_CHOICES}
+        params = Hyperparameters.from_table1(table1, source=f"trial {best.number} of study {study.study_name!r}")
         searched = tuple(best.params)
+        training = {key: best.params[key] for key in TRAINING_CHOICES if key in best.params}
     per_class = best.user_attrs.get(PER_CLASS_ATTR) or {}
     if not isinstance(per_class, dict):
         per_class = {}
     per_class = {str(k): float(v) for k, v in per_class.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     return ExportedTrial(
         study=study.study_name, trial=best.number, iou=float(best.value), per_class=per_class,
-        params=params, searched=searched, source=source,
+        params=params, searched=searched, source=source, training=training,
     )
 
 
@@ -136,6 +144,9 @@ def to_yaml(exported: ExportedTrial) -> str:
             lines.extend(f"  {_scalar(k)}: {_scalar(v)}" for k, v in value.items())
         else:
             lines.append(f"{key}: {_scalar(value)}")
+    if exported.training:
+        lines.append("training:")
+        lines.extend(f"  {key}: {_scalar(value)}" for key, value in exported.training.items())
     lines.append("hyperparameters:")
     for name, value in exported.params.as_table1().items():
         lines.append(f"  {name}: {format_number(value)}")
@@ -157,9 +168,17 @@ def to_markdown(exported: ExportedTrial) -> str:
     for name, value in exported.params.as_table1().items():
         how = "searched" if name in exported.searched else "start value (not searched)"
         lines.append(f"| {name} | {format_number(value)} | {how} |")
+    if exported.training:
+        lines += ["", f"Trained with {training_text(exported)}."]
     if exported.source:
         lines += ["", f"Source: {exported.source}."]
     return "\n".join(lines) + "\n"
+
+
+def training_text(exported: ExportedTrial) -> str:
+    """The trial's training choices in words, e.g. "loss per_class (searched), block factorized, augment false"."""
+    return ", ".join(f"{key} {_scalar(value)}{' (searched)' if key in exported.searched else ''}"
+                     for key, value in exported.training.items())
 
 
 def write_output(text: str, path: str | os.PathLike | None) -> None:

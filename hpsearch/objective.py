@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from hpsearch.config import StudyConfig
@@ -53,14 +53,18 @@ def worker_name(index: int | str) -> str:
     return f"{socket.gethostname()}/w{index}"
 
 
-def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, float | int]:
-    """Ask the trial for each searched hyperparameter (Table 1 names)."""
-    values: dict[str, float | int] = {}
+def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, float | int | str | bool]:
+    """Ask the trial for each searched dimension: Table 1 names, then the training choices (loss, block, augment)."""
+    values: dict[str, float | int | str | bool] = {}
     for name, distribution in config.distributions().items():
         if isinstance(distribution, IntDistribution):
             values[name] = trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
         elif isinstance(distribution, FloatDistribution):
             values[name] = trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+        elif isinstance(distribution, CategoricalDistribution):
+            values[name] = trial.suggest_categorical(name, distribution.choices)
+        else:
+            raise TypeError(f"search dimension {name!r} has a distribution hpsearch cannot suggest: {distribution!r}.")
     return values
 
 
@@ -130,8 +134,9 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         from model import train  # TensorFlow loads here, in the worker, not in the launcher
 
-        params = self.config.hyperparameters(suggest(trial, self.config))
-        config = self.config.train_config(trial.number)
+        suggested = suggest(trial, self.config)
+        params = self.config.hyperparameters(suggested)
+        config = self.config.train_config(trial.number, suggested)  # with the trial's loss, block, augment
         if self.on_progress:
             self.on_progress(trial.number, 0, None)
 

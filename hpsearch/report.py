@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from model import format_number
 from hpsearch.config import StudyConfig
-from hpsearch.export import ExportedTrial, exported_trial
+from hpsearch.export import ExportedTrial, exported_trial, training_text
 from hpsearch.vocabulary import COLLAPSED_ATTR, PARENT_ATTR
 
 REPORT_MARKER = b"hpsearch report:"  # in the title of every report: a later report may replace the file
@@ -290,9 +290,10 @@ def _best_table(best: ExportedTrial | None) -> str:
         f"<td>{'searched' if name in best.searched else 'start value (not searched)'}</td></tr>"
         for name, value in best.params.as_table1().items()
     )
+    trained = f"<p>Trained with {_e(training_text(best))}.</p>" if best.training else ""
     return (
         f"<h2>Best trial: {best.trial}, {TARGET_NAME} {best.iou:.4f}{per_class}</h2>"
-        f"<table><tr><th>hyperparameter</th><th>value</th><th></th></tr>{rows}</table>"
+        f"<table><tr><th>hyperparameter</th><th>value</th><th></th></tr>{rows}</table>{trained}"
         f"<p>Export it with <code>hpsearch export --study {_e(best.study)} -o best.yaml</code> "
         "and train the final model with <code>hpsearch train --params best.yaml</code>.</p>"
     )

@@ -32,6 +32,7 @@ _FACE = {
     "TrainConfig": "model.config",
     "PRECISIONS": "model.config",
     "LOSSES": "model.config",
+    "BLOCKS": "model.config",
     "Checkpoint": "model.checkpoint",
     # inference
     "segment": "model.segmentation",
@@ -48,6 +49,7 @@ _FACE = {
     # hyperparameters and the Table-1 YAML
     "Hyperparameters": "model.params",
     "load_params": "model.params",
+    "load_params_file": "model.params",
     "format_number": "model.params",
     "refused_yaml_tag": "model.params",
     "FIELDS_BY_NAME": "model.params",

@@ -2,7 +2,9 @@
 
 The file format is the one `hpsearch export` writes and `hpsearch train --params` reads: the
 hyperparameters under the paper's own names, in the paper's order, optionally nested under a
-`hyperparameters:` key beside descriptive fields (study, trial, validation IoU ...).
+`hyperparameters:` key beside descriptive fields (study, trial, validation IoU ...) and a
+`training:` mapping of the training choices the hyperparameters were found with (loss, block,
+augment), which `hpsearch train` takes as its defaults.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from model.config import BLOCKS, LOSSES
 from model.errors import InputError
 
 # (field, Table 1 name, lowest, highest, integer?) in the paper's order.
@@ -32,6 +35,9 @@ TABLE1_NAMES: dict[str, str] = {field: name for field, name, *_ in _TABLE1}
 """Field name -> the paper's name, in the paper's order."""
 
 FIELDS_BY_NAME: dict[str, str] = {name: field for field, name, *_ in _TABLE1}
+
+# The `training:` keys of a params file and their allowed values (model.config's TrainConfig fields).
+TRAINING_KEYS: dict[str, tuple] = {"loss": LOSSES, "block": BLOCKS, "augment": (False, True)}
 
 # Descriptive keys an exported file carries beside the hyperparameters; read and ignored.
 METADATA_KEYS = frozenset(
@@ -132,6 +138,12 @@ def _number(source: str, key: str, value: Any) -> float | int:
 
 def load_params(path: str | os.PathLike) -> Hyperparameters:
     """Read a Table-1 YAML file (as `hpsearch export` writes it); missing names keep Table 1's values."""
+    return load_params_file(path)[0]
+
+
+def load_params_file(path: str | os.PathLike) -> tuple[Hyperparameters, dict[str, Any]]:
+    """Read a Table-1 YAML file: its hyperparameters (missing names keep Table 1's values) and its
+    `training:` choices ({} when it has none; only the keys of TRAINING_KEYS it names)."""
     try:
         with open(path, encoding="utf-8") as file:
             document = yaml.safe_load(file)
@@ -153,6 +165,7 @@ def load_params(path: str | os.PathLike) -> Hyperparameters:
     if not isinstance(document, dict):
         raise InputError(f"params file {os.fspath(path)!r} must hold a mapping of Table 1 names to values.")
     values = dict(document)
+    training = _training_choices(path, values.pop("training", None))
     if "hyperparameters" in values:
         nested = values.pop("hyperparameters")
         unknown = [key for key in values if key not in METADATA_KEYS]
@@ -163,7 +176,24 @@ def load_params(path: str | os.PathLike) -> Hyperparameters:
         values = nested
     else:
         values = {key: value for key, value in values.items() if key not in METADATA_KEYS}
-    return Hyperparameters.from_table1(values, source=f"params file {os.fspath(path)!r}")
+    return Hyperparameters.from_table1(values, source=f"params file {os.fspath(path)!r}"), training
+
+
+def _training_choices(path: str | os.PathLike, value: Any) -> dict[str, Any]:
+    """A params file's `training:` mapping, checked: loss and block among model.config's, augment true or false."""
+    if value is None:
+        return {}
+    where = f"params file {os.fspath(path)!r}"
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: 'training' must be a mapping of {', '.join(TRAINING_KEYS)}, got {value!r}.")
+    for key, choice in value.items():
+        if key not in TRAINING_KEYS:
+            raise InputError(f"{where}: unknown key {key!r} in 'training'; allowed keys: {', '.join(TRAINING_KEYS)}.")
+        allowed = TRAINING_KEYS[key]
+        if not any(type(choice) is type(a) and choice == a for a in allowed):  # by type: 1 is not true
+            words = ", ".join(str(a).lower() if isinstance(a, bool) else a for a in allowed)
+            raise InputError(f"{where}: training {key} must be one of {words}, got {choice!r}.")
+    return dict(value)
 
 
 def refused_yaml_tag(error: yaml.YAMLError) -> str | None:

@@ -83,9 +83,14 @@ def test_export_writes_table1_in_the_papers_order_with_readable_numbers(journal_
     assert export("--study", "tiny", "--storage", journal) == 0
     text = capsys.readouterr().out
     document = yaml.safe_load(text)
-    # Descriptive keys are the ones load_params allows, then the seven paper names in order.
-    assert list(document)[-1] == "hyperparameters"
-    assert set(document) - {"hyperparameters"} <= METADATA_KEYS
+    # Descriptive keys are the ones load_params allows, then the training choices, then the seven paper names in order.
+    assert list(document)[-2:] == ["training", "hyperparameters"]
+    assert set(document) - {"training", "hyperparameters"} <= METADATA_KEYS
+    # The study searched no choice: the trial trained with the study's training values, and so will `train`.
+    trained = config.train_config(1)
+    assert document["training"] == {"loss": trained.loss, "block": trained.block, "augment": trained.augment} == config.training_choices()
+    assert (f"training:\n  loss: {trained.loss}\n  block: {trained.block}\n  augment: {str(trained.augment).lower()}\n"
+            "hyperparameters:\n") in text
     assert document["study"] == "tiny" and document["trial"] == 1
     assert document["validation IoU"] == 0.63
     assert document["per-class validation IoU"] == {"left ventricle": 0.63}

@@ -64,8 +64,13 @@ def synth_defaults() -> dict:
             if p.default is not inspect.Parameter.empty}
 
 
+# Training choices a --params file may set (its training: mapping, as `hpsearch export` writes it);
+# an explicit flag overrides the file. Their options default to None so that an absent flag shows.
+TRAINING_DEFAULTS = {"loss": "joint", "block": "factorized", "augment": False}
+
+
 def add_training_options(parser: argparse.ArgumentParser) -> None:
-    from model import LOSSES
+    from model import BLOCKS, LOSSES
 
     add = parser.add_argument
     add("--steps", type=positive_int, default=5000, help="training steps (default: 5000, as in the paper's search)")
@@ -73,15 +78,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--patch", type=shape_argument, default=(64, 64, 16), help="training block size (default: 64x64x16)")
     add("--batch", type=positive_int, default=2, help="blocks per step (default: 2)")
     add("--depth", type=positive_int, default=3, help="U-Net pooling steps (default: 3)")
-    add("--loss", choices=LOSSES, default="joint",
-        help="joint: the paper's soft IoU (default); per_class: the mean of the classes' soft IoUs; "
-        "per_class_ce: per_class plus cross-entropy")
-    add("--block", choices=("factorized", "full"), default="factorized",
-        help="convolution block (default: factorized, the paper's)")
+    add("--loss", choices=LOSSES, default=None,
+        help="joint: the paper's soft IoU (default, unless the --params file's training: says otherwise); "
+        "per_class: the mean of the classes' soft IoUs; per_class_ce: per_class plus cross-entropy")
+    add("--block", choices=BLOCKS, default=None,
+        help="convolution block (default: factorized, the paper's, unless the --params file's training: says otherwise)")
     add("--clip", choices=("global", "per_tensor"), default="global",
         help="gradient clipping by global norm or per tensor (default: global)")
-    add("--augment", action="store_true",
-        help="augment training blocks on the fly: flips, small rotations and scalings, intensity and gamma")
+    add("--augment", action=argparse.BooleanOptionalAction, default=None,
+        help="augment training blocks on the fly: flips, small rotations and scalings, intensity and gamma "
+        "(default: off, unless the --params file's training: says otherwise)")
     add("--seed", type=int, default=0, help="seed for the split, initialisation and patch sampling (default: 0)")
     add("--deterministic", action="store_true", help="deterministic TensorFlow ops (repeatable, slower)")
     add("--val-fraction", type=fraction, default=0.2, help="share of cases for validation (default: 0.2)")
@@ -123,12 +129,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_new_folder,
         import_tensorflow,
         load_dataset,
-        load_params,
+        load_params_file,
         load_train_data,
         split_cases,
     )
 
-    params = load_params(args.params) if args.params else Hyperparameters()
+    params, file_training = load_params_file(args.params) if args.params else (Hyperparameters(), {})
+    # A flag given on the command line wins; else the params file's training: choice; else the default.
+    training = {key: getattr(args, key) if getattr(args, key) is not None else file_training.get(key, default)
+                for key, default in TRAINING_DEFAULTS.items()}
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     check_new_folder(out)  # before the hours of training, not after
     config = TrainConfig(
@@ -137,10 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         patch_shape=args.patch,
         batch_size=args.batch,
         depth=args.depth,
-        block=args.block,
-        loss=args.loss,
+        block=training["block"],
+        loss=training["loss"],
         clip=args.clip,
-        augment=args.augment,
+        augment=training["augment"],
         seed=args.seed,
         deterministic=args.deterministic,
     )

@@ -79,10 +79,20 @@ def print_best(study, *, interrupted: bool = False) -> None:
         print("no complete trial yet.")
         return
     best = best_trial(complete, study.direction)
-    params = ", ".join(f"{k} {v:.4g}" for k, v in best.params.items())
+    params = ", ".join(f"{k} {format_param(v, 4)}" for k, v in best.params.items())
     stopped = f", {pruned} pruned" if pruned else ""  # only studies with a pruner have any
     print(f"{len(complete)} complete{stopped}, {failed} failed; best validation IoU {best.value:.4f} "
           f"in trial {best.number} ({params})")
+
+
+def format_param(value, digits: int) -> str:
+    """A trial parameter for a person: numbers to `digits` significant digits, choices as the study file
+    writes them (per_class, true)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
 def trial_note(trial) -> str:
@@ -155,7 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append([
             str(trial.number), trial.state.name,
             "-" if trial.value is None else f"{trial.value:.4f}",
-            ", ".join(f"{k}={v:.3g}" for k, v in trial.params.items()),
+            ", ".join(f"{k}={format_param(v, 3)}" for k, v in trial.params.items()),
             "-" if duration is None else f"{duration:.0f} s",
             str(trial.user_attrs.get(WORKER_ATTR, "-")),
             trial_note(trial),
