@@ -159,6 +159,26 @@ def test_given_gpu():
     assert given_gpu({"CUDA_VISIBLE_DEVICES": MIGS[0]}) == MIGS[0]
 
 
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_the_backend_is_asked_for_its_gpus(backend):
+    """require_gpu asks the backend Keras runs on (TensorFlow, or JAX's jax.devices()); here, on the CPU, it refuses."""
+    pytest.importorskip(backend)
+    skip_where_a_gpu_is_real()
+    code = "from hpsearch.devices import require_gpu; require_gpu('w3', 'GPU-5d5b')"
+    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and "UsageError" in done.stderr, done.stderr
+    name = {"tensorflow": "TensorFlow", "jax": "JAX"}[backend]
+    assert f"worker w3 was given GPU GPU-5d5b, but {name} sees no GPU (" in done.stderr
+    assert "or pass --cpu to train on the CPU on purpose." in done.stderr
+
+
+def skip_where_a_gpu_is_real() -> None:
+    """The refusal needs a backend that sees no GPU: this machine's, unless it has one."""
+    if detect_gpus():
+        pytest.skip("this machine has an NVIDIA GPU; the refusal is tested where none is")
+
+
 def backend_name() -> str:
     return "JAX" if os.environ.get("KERAS_BACKEND") == "jax" else "TensorFlow"
 
@@ -168,6 +188,7 @@ def test_a_worker_given_a_gpu_it_cannot_see_stops(tmp_path):
     """`hpsearch worker --gpu UUID` on this CPU-only machine: one sentence, exit code 2, no traceback."""
     from searchutil import write_tiny_study
 
+    skip_where_a_gpu_is_real()
     study = write_tiny_study(tmp_path / "studies")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("CUDA_VISIBLE_DEVICES", None)

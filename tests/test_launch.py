@@ -106,8 +106,9 @@ def _one_fake_gpu(tmp_path, monkeypatch) -> dict:
 
 def test_two_workers_on_one_gpu_refuse_a_backend_without_gpus(tmp_path, monkeypatch):
     """Not refused for the GPU count: both workers get GPU 0; this machine's backend sees no GPU, so they stop."""
-    from test_devices import backend_name
+    from test_devices import backend_name, skip_where_a_gpu_is_real
 
+    skip_where_a_gpu_is_real()
     env = _one_fake_gpu(tmp_path, monkeypatch)
     study_file = write_tiny_study(tmp_path / "studies", trials=1)
     code, output = finish(hpsearch("launch", "--workers", "2", "--study", str(study_file),
