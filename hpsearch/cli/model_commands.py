@@ -65,8 +65,9 @@ def synth_defaults() -> dict:
 
 
 # Training choices a --params file may set (its training: mapping, as `hpsearch export` writes it);
-# an explicit flag overrides the file. Their options default to None so that an absent flag shows.
-TRAINING_DEFAULTS = {"loss": "joint", "block": "factorized", "augment": False}
+# an explicit flag overrides the file, and TrainConfig's default applies when neither says. Their
+# options default to None so that an absent flag shows.
+TRAINING_CHOICES = ("loss", "block", "augment")
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -136,8 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params, file_training = load_params_file(args.params) if args.params else (Hyperparameters(), {})
     # A flag given on the command line wins; else the params file's training: choice; else the default.
-    training = {key: getattr(args, key) if getattr(args, key) is not None else file_training.get(key, default)
-                for key, default in TRAINING_DEFAULTS.items()}
+    training = {key: getattr(args, key) if getattr(args, key) is not None else file_training.get(key, getattr(TrainConfig, key))
+                for key in TRAINING_CHOICES}
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     check_new_folder(out)  # before the hours of training, not after
     config = TrainConfig(
