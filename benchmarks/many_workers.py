@@ -117,6 +117,13 @@ def open_setting(url: str, setting: str, heartbeat_interval: int, grace_period: 
         )
 
 
+def describe_error(error: BaseException) -> str:
+    """The error's first line, and its cause's (Optuna's StorageInternalError hides the database's message)."""
+    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    cause = error.__cause__
+    return text if cause is None else f"{text} <- {describe_error(cause)}"
+
+
 class Heartbeat:
     """Records a trial's heartbeat now and every `interval` s until the block ends (as Study.optimize's thread)."""
 
@@ -162,7 +169,7 @@ def worker(index: int, url: str, setting: str, trials: int, duration: float, sle
         storage = open_setting(url, setting, *heartbeat)
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=config.make_sampler())
     except Exception as error:  # noqa: BLE001 - recorded and counted by the parent
-        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        record["error"] = describe_error(error)
     barrier.wait(timeout=START_TIMEOUT)  # a failed worker waits too, or the others would hang
     try:
         deadline = time.monotonic() + duration
@@ -183,7 +190,7 @@ def worker(index: int, url: str, setting: str, trials: int, duration: float, sle
         if storage is not None:  # hpsearch's storage wraps an RDBStorage as .rdb
             getattr(storage, "rdb", storage).engine.dispose()
     except Exception as error:  # noqa: BLE001
-        record["error"] = record["error"] or f"{type(error).__name__}: {error}".splitlines()[0]
+        record["error"] = record["error"] or describe_error(error)
     Path(folder, f"worker-{index}.json").write_text(json.dumps(record))
     stderr.flush()
     sys.exit(1 if record["error"] else 0)
