@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import optuna
 import sqlalchemy.exc
+import sqlalchemy.pool
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -283,7 +284,9 @@ TransientKind = Literal["connection", "conflict"]
 
 # SQLSTATE codes (PostgreSQL appendix A) worth repeating a transaction for. Class 08 is
 # "connection exception"; 57P01-57P03 are admin shutdown, crash shutdown and cannot connect now.
-_SHUTDOWN_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# Admin or crash shutdown, cannot connect now, too many connections (53300: the server's
+# max_connections is reached; a NullPool worker waits for a slot).
+_SHUTDOWN_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock detected
 # Creating a table, index or type another process created first (check-then-create races).
 _ALREADY_CREATED_SQLSTATES = frozenset({"23505", "42P07", "42710"})  # unique violation, duplicate table, object
@@ -309,7 +312,7 @@ def transient_error(error: BaseException) -> TransientKind | None:
     """Whether a call that raised `error` may succeed if repeated, and why.
 
     "connection": the connection was lost or refused, or the server is shutting down or starting
-    (SQLSTATE class 08, 57P01-57P03; or a driver error with no SQLSTATE, which is how libpq
+    (SQLSTATE class 08, 57P01-57P03, 53300; or a driver error with no SQLSTATE, which is how libpq
     reports a refused, reset or timed-out connection). "conflict": the database rolled the
     transaction back for a concurrent one (40001 serialization failure, 40P01 deadlock; SQLite
     busy or locked). None: anything else, e.g. bad data or a missing table.
@@ -592,6 +595,11 @@ def _open_rdb(url: str, heartbeat_interval: int | None, grace_period: int | None
     engine_kwargs: dict = {"pool_pre_ping": True}  # a connection dropped while a trial trained is replaced
     if parsed.get_driver_name() in _CONNECT_TIMEOUT_DRIVERS:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    if backend != "sqlite":
+        # No pool: a worker holds a server connection only inside a call, so a hundred workers fit
+        # PostgreSQL's default max_connections (benchmarks/many_workers.py); a refused connection
+        # is waited out like a lost one. Beyond that, put PgBouncer (transaction mode) in front.
+        engine_kwargs["poolclass"] = sqlalchemy.pool.NullPool
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).expanduser().parent
         try:
