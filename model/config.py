@@ -26,9 +26,10 @@ class TrainConfig:
         batch_size: blocks per step.
         depth: pooling steps of the U-Net.
         block: "factorized" (the paper's) or "full" (3×3×3).
-        loss: "joint" (the paper's: classes summed; the default, chosen by benchmarks/loss_choice.py)
+        loss: "joint" (the paper's: classes summed)
             or "per_class" (mean of the per-class soft IoUs), or "per_class_ce" (per_class plus
-            categorical cross-entropy, the pairing nnU-Net trains with).
+            categorical cross-entropy, the pairing nnU-Net trains with; the default: on two foreground
+            classes it lost no class where joint lost one, benchmarks/loss_choice.py).
         clip: "global" clips the norm of all gradients together to `clip_norm`; "per_tensor"
             clips each variable's gradient on its own.
         foreground_share: share of training blocks that hold foreground.
@@ -46,7 +47,7 @@ class TrainConfig:
     batch_size: int = 2
     depth: int = 3
     block: str = "factorized"
-    loss: str = "joint"
+    loss: str = "per_class_ce"
     clip: str = "global"
     foreground_share: float = 1 / 3
     augment: bool = False

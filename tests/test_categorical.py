@@ -46,7 +46,7 @@ def test_choices_become_categorical_distributions_after_table1(tmp_path):
     assert distributions["block"] == CategoricalDistribution(("full", "factorized"))  # the file's order
     assert distributions["augment"] == CategoricalDistribution((False, True))
     # The start point of a choice is the study's training value.
-    assert config._searched_start() == {LR: 3.0e-3, "loss": "joint", "block": "factorized", "augment": False}
+    assert config._searched_start() == {LR: 3.0e-3, "loss": "per_class_ce", "block": "factorized", "augment": False}
 
 
 def test_a_study_with_choices_round_trips_through_json(tmp_path):
@@ -64,7 +64,7 @@ def test_a_trials_choices_are_what_it_trains_with(tmp_path):
     assert (chosen.loss, chosen.augment, chosen.block) == ("per_class_ce", True, "factorized")
     assert chosen.seed == config.train_config(5).seed  # the choices change nothing else
     unchosen = config.train_config(5)
-    assert (unchosen.loss, unchosen.augment) == ("joint", False)
+    assert (unchosen.loss, unchosen.augment) == ("per_class_ce", False)
     # The hyperparameters ignore the choices; the training choices ignore Table 1.
     assert config.hyperparameters({LR: 1.0e-3, "loss": "per_class"}).learning_rate == 1.0e-3
     assert config.training_choices({"loss": "per_class", LR: 1.0e-3}) == {"loss": "per_class", "block": "factorized", "augment": False}
@@ -78,8 +78,8 @@ def test_a_trials_choices_are_what_it_trains_with(tmp_path):
     ({"augment": {"choices": [0, 1]}}, r"search_space 'augment' has the choice 0, which is not one of false, true"),
     ({"augment": {"choices": ["false", "true"]}}, r"search_space 'augment' has the choice 'false', which is not one of false, true"),
     ({"block": {"choices": ["full", "factorized", "full"]}}, r"lists the choice full twice; keep one"),
-    ({"loss": {"choices": ["per_class", "per_class_ce"]}},
-     r"the start value joint of 'loss' \(training.loss\) is not among its choices per_class, per_class_ce; set training.loss"),
+    ({"loss": {"choices": ["joint", "per_class"]}},
+     r"the start value per_class_ce of 'loss' \(training.loss\) is not among its choices joint, per_class; set training.loss"),
     ({"loss": {"low": 0, "high": 1}}, r"unknown key 'low' in search_space 'loss'; allowed keys: choices"),
     ({"loss": {}}, r"search_space 'loss' lacks the required key 'choices'"),
     ({LR: {"choices": [1.0e-3]}}, r"unknown key 'choices' in search_space 'learning rate'"),
@@ -160,7 +160,7 @@ def test_each_trial_trains_with_its_chosen_loss_and_augmentation(searched, tmp_p
     study = load(journal)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     assert len(trials) == 3
-    assert trials[0].params["loss"] == "joint" and trials[0].params["augment"] is False  # the start point, exactly
+    assert trials[0].params["loss"] == "per_class_ce" and trials[0].params["augment"] is False  # the start point
     for trial in trials:
         assert trial.params["loss"] in ("joint", "per_class", "per_class_ce")
         assert isinstance(trial.params["augment"], bool)
@@ -170,7 +170,7 @@ def test_each_trial_trains_with_its_chosen_loss_and_augmentation(searched, tmp_p
         config = _run_json(store, trial.user_attrs["model_artifact"], tmp_path)["config"]
         assert (config["loss"], config["augment"]) == (trial.params["loss"], trial.params["augment"])
     # keep_categorical 0: trial 1 left the start's choices, so more than one loss was trained.
-    assert trials[1].params["loss"] != "joint" and trials[1].params["augment"] is True
+    assert trials[1].params["loss"] != "per_class_ce" and trials[1].params["augment"] is True
     assert len({t.params["loss"] for t in trials}) >= 2
 
 

@@ -80,8 +80,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add("--batch", type=positive_int, default=2, help="blocks per step (default: 2)")
     add("--depth", type=positive_int, default=3, help="U-Net pooling steps (default: 3)")
     add("--loss", choices=LOSSES, default=None,
-        help="joint: the paper's soft IoU (default, unless the --params file's training: says otherwise); "
-        "per_class: the mean of the classes' soft IoUs; per_class_ce: per_class plus cross-entropy")
+        help="per_class_ce: the classes' mean soft IoU plus cross-entropy (default, unless the --params file's "
+        "training: says otherwise); per_class: without the cross-entropy; joint: the paper's soft IoU")
     add("--block", choices=BLOCKS, default=None,
         help="convolution block (default: factorized, the paper's, unless the --params file's training: says otherwise)")
     add("--clip", choices=("global", "per_tensor"), default="global",
@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_collapse(step: int, classes: list[int]) -> None:
         names = ", ".join(repr(dataset.class_names[c]) for c in classes)
-        fix = " (the joint loss lets one class swallow another: try --loss per_class)" if config.loss == "joint" else ""
+        fix = " (the joint loss lets one class swallow another: try --loss per_class_ce)" if config.loss == "joint" else ""
         stderr.print(f"hpsearch: warning: class {names} has validation IoU 0 at step {step} of {config.steps}{fix}",
                      soft_wrap=True, markup=False, highlight=False)
 
