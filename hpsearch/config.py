@@ -68,7 +68,8 @@ PRUNERS = {
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 STUDY_NAME_RULE = "1-64 letters, digits, '-', '_' or '.', not starting with '.'"
 SEED_MAX = 2**32 - 1  # numpy's largest seed (np.random.seed, hence keras.utils.set_random_seed)
-_TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "deterministic", "sampler", "pruner", "start", "search_space", "slurm")
+_TOP_KEYS = ("study", "data", "training", "trials", "seed", "trial_seeds", "deterministic", "sampler", "pruner", "start", "search_space", "slurm",
+             "stall_timeout")
 # How trials draw their training seeds: "per_trial" trains trial n with seed + n; "shared" trains
 # every trial with the study seed itself (the same initial weights where the channels match, the
 # same blocks and dropout masks), so two trials differ by their hyperparameters, not their luck.
@@ -131,6 +132,7 @@ class StudyConfig:
     start: dict
     search_space: dict
     slurm: dict | None = None  # sbatch settings of `launch --executor slurm` (hpsearch.slurm.SlurmSettings)
+    stall_timeout: float | None = None  # seconds a launched worker may report nothing (None: the launcher's default)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """The Optuna distributions of the searched hyperparameters, under the paper's names."""
@@ -202,6 +204,7 @@ class StudyConfig:
             "start": self.start,
             "search_space": self.search_space,
             "slurm": self.slurm,
+            "stall_timeout": self.stall_timeout,
         })
 
     @classmethod
@@ -401,7 +404,18 @@ def _parse(document: dict, check: _Checker, source: Path | None, base: Path, che
         name=name, source=source, data_path=data_path, synth=synth, split=split, training=training,
         trials=trials, seed=seed, trial_seeds=trial_seeds, deterministic=deterministic, sampler=sampler, pruner=pruner,
         start=start, search_space=search_space, slurm=_parse_slurm(check, document.get("slurm")),
+        stall_timeout=_parse_stall_timeout(check, document.get("stall_timeout")),
     )
+
+
+def _parse_stall_timeout(check: _Checker, value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = check.number(value, "stall_timeout")
+    if not seconds >= 10:
+        raise check.fail(f"stall_timeout is {seconds} s; give at least 10 seconds (the default is 1800, for "
+                         "paper-scale trials on a CPU).")
+    return float(seconds)
 
 
 _SLURM_KEYS = ("partition", "time", "account", "options", "gpu")  # the fields of hpsearch.slurm.SlurmSettings

@@ -111,13 +111,13 @@ class Launcher:
         threads: CPU threads per worker (None: TensorFlow's default).
         artifacts: the trial model store, a folder or s3://bucket/prefix (hpsearch.artifacts).
         log_dir: where each worker's output goes.
-        stall_seconds: a worker silent this long is killed (default: stall_timeout()).
+        stall_seconds: a worker silent this long is killed (default: stall_timeout(config.stall_timeout)).
     """
 
     def __init__(self, config, storage_url, storage, *, target, gpus, threads, artifacts, log_dir,
                  stall_seconds: float | None = None) -> None:
         self.config = config
-        self.stall_seconds = stall_timeout() if stall_seconds is None else stall_seconds
+        self.stall_seconds = stall_timeout(config.stall_timeout) if stall_seconds is None else stall_seconds
         self._checked_at = 0.0
         self._target_reached_at: float | None = None  # when _watch first saw the study at its target
         self.storage_url = storage_url
@@ -317,11 +317,12 @@ class Launcher:
             pass
 
 
-def stall_timeout() -> float:
-    """Seconds of silence after which a worker counts as hung: $HPSEARCH_STALL_TIMEOUT, else 1800."""
+def stall_timeout(study_value: float | None = None) -> float:
+    """Seconds of silence after which a worker counts as hung: $HPSEARCH_STALL_TIMEOUT, else the study's
+    `stall_timeout`, else 1800."""
     text = os.environ.get(STALL_ENV, "").strip()
     if not text:
-        return DEFAULT_STALL_SECONDS
+        return DEFAULT_STALL_SECONDS if study_value is None else study_value
     try:
         seconds = float(text)
     except ValueError:

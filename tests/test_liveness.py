@@ -148,3 +148,22 @@ def test_sigterm_to_a_standalone_worker_requeues_its_trial_on_the_journal(tmp_pa
 def test_sigterm_to_a_standalone_worker_requeues_its_trial_on_postgresql(tmp_path, postgres_url):
     study_file = write_tiny_study(tmp_path / "studies", trials=2, **INTERRUPTIBLE)
     _sigterm_requeues(postgres_url, study_file, env={"HPSEARCH_HEARTBEAT_INTERVAL": "1"})
+
+
+def test_the_stall_timeout_comes_from_the_environment_else_the_study_file(tmp_path, monkeypatch):
+    import json
+
+    from hpsearch.config import StudyConfig, load_study
+    from hpsearch.errors import UsageError
+    from hpsearch.launcher import DEFAULT_STALL_SECONDS, stall_timeout
+
+    monkeypatch.delenv("HPSEARCH_STALL_TIMEOUT", raising=False)
+    config = load_study(write_tiny_study(tmp_path / "a", stall_timeout=600))
+    assert config.stall_timeout == 600.0
+    assert StudyConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert stall_timeout(config.stall_timeout) == 600.0
+    assert stall_timeout(None) == DEFAULT_STALL_SECONDS
+    monkeypatch.setenv("HPSEARCH_STALL_TIMEOUT", "45")
+    assert stall_timeout(config.stall_timeout) == 45.0  # the environment wins, as for the other settings
+    with pytest.raises(UsageError, match="stall_timeout is 2.0 s; give at least 10 seconds"):
+        load_study(write_tiny_study(tmp_path / "b", stall_timeout=2))
