@@ -40,7 +40,6 @@ from unittest import mock
 
 import nibabel as nib
 import numpy as np
-import optuna
 import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
