@@ -83,7 +83,8 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="per_class_ce: the classes' mean soft IoU plus cross-entropy (default, unless the --params file's "
         "training: says otherwise); per_class: without the cross-entropy; joint: the paper's soft IoU")
     add("--block", choices=BLOCKS, default=None,
-        help="convolution block (default: factorized, the paper's, unless the --params file's training: says otherwise)")
+        help="convolution block (default: factorized, the paper's, unless the --params file's "
+        "training: says otherwise)")
     add("--clip", choices=("global", "per_tensor"), default="global",
         help="gradient clipping by global norm or per tensor (default: global)")
     add("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -137,7 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params, file_training = load_params_file(args.params) if args.params else (Hyperparameters(), {})
     # A flag given on the command line wins; else the params file's training: choice; else the default.
-    training = {key: getattr(args, key) if getattr(args, key) is not None else file_training.get(key, getattr(TrainConfig, key))
+    training = {key: getattr(args, key) if getattr(args, key) is not None
+                else file_training.get(key, getattr(TrainConfig, key))
                 for key in TRAINING_CHOICES}
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     check_new_folder(out)  # before the hours of training, not after
@@ -168,7 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_collapse(step: int, classes: list[int]) -> None:
         names = ", ".join(repr(dataset.class_names[c]) for c in classes)
-        fix = " (the joint loss lets one class swallow another: try --loss per_class_ce)" if config.loss == "joint" else ""
+        fix = ""
+        if config.loss == "joint":
+            fix = " (the joint loss lets one class swallow another: try --loss per_class_ce)"
         stderr.print(f"hpsearch: warning: class {names} has validation IoU 0 at step {step} of {config.steps}{fix}",
                      soft_wrap=True, markup=False, highlight=False)
 
@@ -203,7 +207,8 @@ def rescue_model(save, out: Path, error: OSError) -> str:
     except OSError as second:
         return (f"the model could not be written to {out} ({reason}) nor to {fallback} "
                 f"({second.strerror or second}); the trained weights are lost: free space and train again.")
-    return f"the model could not be written to {out} ({reason}); it was saved to {fallback} instead: move it to where you want it."
+    return (f"the model could not be written to {out} ({reason}); it was saved to {fallback} instead: "
+            "move it to where you want it.")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

@@ -120,7 +120,9 @@ def resolve_study(args: argparse.Namespace, storage, *, check_data: bool = False
         study = optuna.load_study(study_name=args.study, storage=storage)
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise UsageError(f"there is no study named {args.study!r} in the storage (studies: {names}); check --study.") from None
+        raise UsageError(
+            f"there is no study named {args.study!r} in the storage (studies: {names}); check --study."
+        ) from None
     return stored_config(study, check_data=check_data)
 
 

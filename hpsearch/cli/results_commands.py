@@ -37,7 +37,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  "if it exists; else every study in the storage)")
     dashboard.add_argument("--host", default="127.0.0.1",
                            help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for all)")
-    dashboard.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0 picks a free one)")
+    dashboard.add_argument("--port", type=int, default=8080,
+                           help="port to listen on (default: 8080; 0 picks a free one)")
     dashboard.add_argument("--artifacts", help="the trial model store: a folder or s3://bucket/prefix (default: "
                            "$HPSEARCH_ARTIFACTS, else artifacts/ beside the study file)")
     dashboard.add_argument("--allow-writes", action="store_true",

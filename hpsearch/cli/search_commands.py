@@ -44,7 +44,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="K workers on each GPU used, instead of --workers")
     add_study_options(launch, f"study YAML file, or a template name ({TEMPLATES}; default: quickstart, "
                               f"{STUDIES_FOLDER}/quickstart.yaml where it exists)")
-    launch.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the study file's 'trials')")
+    launch.add_argument("--trials", type=positive_int,
+                        help="COMPLETE trials to reach (default: the study file's 'trials')")
     launch.add_argument("--artifacts", help=ARTIFACTS_HELP)
     launch.add_argument("--gpus", help="GPUs to use: indices, UUIDs (GPU-...) or MIG instances (MIG-...), e.g. 0,1 "
                                        "(default: all found, within an inherited CUDA_VISIBLE_DEVICES)")
@@ -66,7 +67,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     worker = commands.add_parser("worker", help="join a running study from this machine (one worker process)")
     add_study_options(worker, "study name in the storage, or a study YAML file (required)", required=True)
     placement = worker.add_mutually_exclusive_group()
-    placement.add_argument("--gpu", help="GPU this worker uses: an index, UUID or MIG instance (sets CUDA_VISIBLE_DEVICES)")
+    placement.add_argument("--gpu",
+                           help="GPU this worker uses: an index, UUID or MIG instance (sets CUDA_VISIBLE_DEVICES)")
     placement.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is visible")
     worker.add_argument("--trials", type=positive_int, help="COMPLETE trials to reach (default: the launcher's target)")
     worker.add_argument("--threads", type=positive_int, help="CPU threads for TensorFlow (default: all)")
