@@ -1,8 +1,9 @@
 """Import TensorFlow without the start-up notices its C++ core writes to stderr.
 
 TensorFlow 2.21 logs "oneDNN custom operations are on …" from two of its libraries as it loads,
-each after absl's "All log messages before absl::InitializeLog() is called …"; TF_CPP_MIN_LOG_LEVEL
-does not reach them, because absl logs them before TensorFlow's own logging is set up. The import
+each after absl's "All log messages before absl::InitializeLog() is called …", and its CUDA build,
+on a machine without a GPU driver, "Could not find cuda drivers" and a failed cuInit;
+TF_CPP_MIN_LOG_LEVEL does not reach them, because absl logs them before TensorFlow's own logging is set up. The import
 runs with file descriptor 2 on a pipe; a thread passes every line through at once, except those
 notices, so an error or a crash during the import still shows what was written before it.
 """
@@ -18,6 +19,10 @@ import threading
 NOTICES = (
     b"All log messages before absl::InitializeLog() is called are written to STDERR",
     b"oneDNN custom operations are on.",
+    # The CUDA build of TensorFlow on a machine without a GPU driver (hpsearch says so itself
+    # where a GPU was asked for: hpsearch.devices).
+    b"Could not find cuda drivers on your machine",
+    b"failed call to cuInit",
 )
 
 # What TensorFlow logs, at error level, the first time oneDNN meets bfloat16 on a CPU without
@@ -39,6 +44,10 @@ def import_tensorflow():
         return tensorflow
     with filtered_stderr(NOTICES):
         import tensorflow
+
+        # Finding the devices loads the CUDA platform, which logs cuInit's failure where there is no
+        # driver: here, inside the filter. (Only listing: threads and memory growth can still be set.)
+        tensorflow.config.list_physical_devices()
     return tensorflow
 
 
