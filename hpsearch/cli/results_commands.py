@@ -103,10 +103,10 @@ def trial_note(trial) -> str:
     attrs = trial.user_attrs
     if attrs.get(FAIL_REASON_ATTR):
         return attrs[FAIL_REASON_ATTR]
-    if attrs.get(COLLAPSED_ATTR):
-        return f"collapsed: {', '.join(attrs[COLLAPSED_ATTR])} at IoU 0"
     if MODEL_ERROR_ATTR in attrs:
         return f"model not stored: {attrs[MODEL_ERROR_ATTR]}"
+    if attrs.get(COLLAPSED_ATTR):
+        return f"collapsed: {', '.join(attrs[COLLAPSED_ATTR])} at IoU 0"
     if attrs.get(PARENT_ATTR) is not None:
         return f"from {attrs[PARENT_ATTR]}"
     return ""
