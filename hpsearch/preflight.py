@@ -15,8 +15,9 @@ MEMORY_ENV = "HPSEARCH_MEMORY_LIMIT"
 GIB = 2**30
 
 # What one process holds before its first step: the Python and TensorFlow runtime with a built and
-# compiled network (about 0.55 GB measured on a CPU), plus the first step's trace (about 0.1 GB).
-RUNTIME_BYTES = int(0.7 * GIB)
+# compiled network (about 0.55 GB measured on a CPU with tensorflow-cpu; the full build, which
+# also loads its CUDA libraries, about 0.15 GB more), plus the first step's trace (about 0.1 GB).
+RUNTIME_BYTES = int(0.9 * GIB)
 # Float32 tensors of a convolution's output size kept for the backward pass: its ReLU output, the
 # dropout mask and the dropped output (the same for the factorized and the full block).
 KEPT_PER_CONV = 3
