@@ -139,7 +139,7 @@ def test_workers_sharing_a_gpu_do_not_preallocate_it(tmp_path, monkeypatch):
 
     monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
     launcher = Launcher(None, "study.journal", None, target=1, gpus=["0", "1", "0", None], threads=None,
-                        artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs")
+                        artifacts=tmp_path / "artifacts", log_dir=tmp_path / "logs", stall_seconds=1800)
     try:
         envs = [launcher.environment(slot) for slot in launcher.slots]
     finally:
