@@ -4,12 +4,13 @@ The paper's data (Cardiac Atlas Project) are short-axis cine MR stacks of
 10-15 slices, square in-plane sizes such as 128, 192 or 256 voxels, about
 1.2-1.6 mm in plane and 8-10 mm between slices. ``make_case`` draws one such
 stack: a bright left-ventricle blood pool (label 1) inside a dark myocardium
-ring (label 2 when ``myocardium=True``, else background), a bright right-ventricle
-crescent beside it (background), papillary muscles, epicardial fat, lungs, a
-descending aorta as bright as blood and other organ-like blobs in a textured
-body, a smooth multiplicative bias field, per-slice intensity changes and
-Rician noise. The left ventricle shrinks from base to apex and may vanish in
-the last slice.
+ring (labelled when ``myocardium=True``, else background), a bright right-ventricle
+crescent beside it (labelled when ``rv=True``, else background), papillary muscles,
+epicardial fat, lungs, a descending aorta as bright as blood and other organ-like
+blobs in a textured body, a smooth multiplicative bias field, per-slice intensity
+changes and Rician noise. The left ventricle shrinks from base to apex and may
+vanish in the last slice. ``channels=2`` adds a second MR contrast of the same
+anatomy (myocardium brighter than blood) with its own bias field and noise.
 
 ``write_dataset`` writes cases in the Medical Segmentation Decathlon v1 layout
 (``dataset.json``, ``imagesTr/``, ``labelsTr/``). Case ``i`` depends only on
@@ -33,15 +34,24 @@ import numpy as np
 
 from model.errors import InputError
 
-__all__ = ["make_case", "write_dataset", "IN_PLANE_SIZES", "SLICE_RANGE"]
+__all__ = ["make_case", "write_dataset", "class_names", "IN_PLANE_SIZES", "SLICE_RANGE", "CHANNEL_NAMES"]
 
 #: In-plane sizes drawn per case when ``shape`` is None (square images).
 IN_PLANE_SIZES: tuple[int, ...] = (128, 192, 256)
 #: Inclusive range of slice counts drawn per case when ``shape`` is None.
 SLICE_RANGE: tuple[int, int] = (10, 15)
 
+#: dataset.json "modality" names of the image channels, for ``channels`` 1 and 2.
+CHANNEL_NAMES: tuple[str, ...] = ("MRI", "T1")
+
 _MIN_DIM = 8
 _MAX_DIM = 1024
+
+# With rv=True the right ventricle is drawn smaller than without (a thinner crescent on one side
+# of the LV that ends sooner towards the apex), so that the three classes differ clearly in
+# size: RV blood pool < LV blood pool < myocardium. Factors on the drawn centre offset, radial
+# and tangential half-axes, and length from the base.
+_RV_SCALES = {"offset": 1.6, "radial": 0.6, "tangential": 0.8, "length": 0.8}
 
 
 # --------------------------------------------------------------------------- checks
@@ -72,6 +82,31 @@ def _check_shape(shape: object, what: str = "shape") -> tuple[int, int, int]:
                 f"{what} {dims} has a size {d} above {_MAX_DIM}; give every size at most {_MAX_DIM}"
             )
     return dims  # type: ignore[return-value]
+
+
+def _check_flag(value: object, what: str) -> bool:
+    """Return ``value`` as a bool or raise InputError (no truthy numbers or strings)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{what} {value!r} is not true or false; give True or False")
+    return bool(value)
+
+
+def _check_channels(channels: object) -> int:
+    """Return ``channels`` as 1 or 2 or raise InputError."""
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels not in (1, 2):
+        raise InputError(f"channels {channels!r} is not 1 or 2; give 1 (one MR contrast) or 2 (two contrasts)")
+    return int(channels)
+
+
+def class_names(*, myocardium: bool = False, rv: bool = False) -> tuple[str, ...]:
+    """Class names by label value: background, left ventricle, then myocardium and right ventricle
+    when asked, numbered in that order without gaps (e.g. rv alone is label 2)."""
+    names = ["background", "left ventricle"]
+    if myocardium:
+        names.append("myocardium")
+    if rv:
+        names.append("right ventricle")
+    return tuple(names)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -236,19 +271,31 @@ def make_case(
     rng: np.random.Generator,
     *,
     myocardium: bool = False,
+    rv: bool = False,
+    channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """One synthetic stack: image float32 (X, Y, Z), label uint8 (X, Y, Z), voxel spacing in mm.
+    """One synthetic stack: image float32 (X, Y, Z), or (X, Y, Z, 2) with ``channels=2``,
+    label uint8 (X, Y, Z), voxel spacing in mm.
 
-    Axis 2 runs from base (slice 0) to apex. Labels: 0 background, 1 left-ventricle
-    blood pool (papillary muscles included), and 2 left-ventricle myocardium when
-    ``myocardium`` is true (otherwise the ring is background). Intensities are
-    positive, MR-like (blood around 550-800 before bias and noise).
+    Axis 2 runs from base (slice 0) to apex. Labels, numbered as ``class_names`` says:
+    0 background, 1 left-ventricle blood pool (papillary muscles included), then the
+    left-ventricle myocardium when ``myocardium`` is true and the right-ventricle blood
+    pool (a crescent beside the LV) when ``rv`` is true; a class not asked for is
+    background. ``rv=True`` also draws the right ventricle smaller (thinner, ending
+    sooner towards the apex), so that its class is the smallest; without it the image
+    is the same whatever ``myocardium`` says. Channel 0 is positive and MR-like (blood
+    around 550-800 before bias and noise) and does not depend on ``channels``; channel 1
+    is a second contrast (myocardium brighter than blood, air dark) with its own bias
+    field, per-slice changes and Rician noise.
     """
     X, Y, Z = _check_shape(shape)
     if not isinstance(rng, np.random.Generator):
         raise InputError(
             f"rng {rng!r} is not a numpy Generator; pass np.random.default_rng(seed)"
         )
+    myocardium = _check_flag(myocardium, "myocardium")
+    rv = _check_flag(rv, "rv")
+    channels = _check_channels(channels)
     n = float(min(X, Y))
     f32 = np.float32
 
@@ -351,10 +398,12 @@ def make_case(
                   margin=peri_th + 2.0)
 
     # ---- right ventricle: an ellipse beside the LV, minus the LV = a crescent
-    s_rv = _taper(t, L * rng.uniform(0.7, 0.95), pw)
-    rv_d = ro0 * rng.uniform(0.35, 0.55) * s_rv
-    rv_ar = ro0 * rng.uniform(0.95, 1.15) * s_rv
-    rv_at = ro0 * rng.uniform(1.2, 1.5) * s_rv
+    # (rv=True scales the drawn values, drawing nothing more, so the rest of the case is the same)
+    scale = _RV_SCALES if rv else dict.fromkeys(_RV_SCALES, 1.0)
+    s_rv = _taper(t, L * rng.uniform(0.7, 0.95) * scale["length"], pw)
+    rv_d = ro0 * rng.uniform(0.35, 0.55) * s_rv * scale["offset"]
+    rv_ar = ro0 * rng.uniform(0.95, 1.15) * s_rv * scale["radial"]
+    rv_at = ro0 * rng.uniform(1.2, 1.5) * s_rv * scale["tangential"]
     rcx = hcx + rv_d * math.cos(phi_rv)
     rcy = hcy + rv_d * math.sin(phi_rv)
     rv_h = _harmonics(rng, 0.04, t)
@@ -381,23 +430,47 @@ def make_case(
                       pr * rng.uniform(1.0, 1.5), pr, ang_z)
         _paint(img, _soft(d_pap) * _soft(d_cav), myo_val * rng.uniform(0.9, 1.4))
 
-    # ---- labels from the hard shapes
+    # ---- labels from the hard shapes (the RV blood pool is what the LV wall leaves of it)
+    names = class_names(myocardium=myocardium, rv=rv)
     label = np.zeros((X, Y, Z), dtype=np.uint8)
+    if rv:
+        label[(d_rv < 0) & (d_out >= 0)] = names.index("right ventricle")
     if myocardium:
-        label[d_out < 0] = 2
+        label[d_out < 0] = names.index("myocardium")
     label[d_cav < 0] = 1
 
+    # ---- second contrast from the noiseless anatomy, before channel 0 is changed in place:
+    # u(1.6 - u)^2 of the blood-relative intensity u turns myocardium (u ~ 0.3) brighter than
+    # blood (u = 1) and keeps air and lungs dark.
+    clean = None
+    if channels == 2:
+        u = img / f32(blood)
+        clean = u * (f32(1.6) - u) ** 2
+
     # ---- acquisition: bias field, per-slice intensity, Rician noise
+    image = _acquire(img, rng, blood)
+    if clean is None:
+        return image, label, spacing
+    # drawn after every draw of channel 0, so channel 0 is the same as with channels=1
+    level = float(rng.uniform(600.0, 900.0))
+    second = _acquire(clean * f32(level), rng, 0.5 * level)
+    return np.stack([image, second], axis=-1), label, spacing
+
+
+def _acquire(img: np.ndarray, rng: np.random.Generator, level: float) -> np.ndarray:
+    """A noiseless (X, Y, Z) image as acquired: bias field, per-slice intensity and Rician
+    noise of std 2-6 % of ``level`` (a bright tissue's intensity); ``img`` is changed in place."""
+    X, Y, Z = img.shape
+    f32 = np.float32
     img *= _bias_field((X, Y, Z), rng, float(rng.uniform(0.15, 0.35)))
     img *= rng.uniform(0.9, 1.1, size=Z).astype(f32)[None, None, :]
-    sigma = blood * float(rng.uniform(0.02, 0.06))
+    sigma = level * float(rng.uniform(0.02, 0.06))
     n_re = rng.standard_normal((X, Y, Z), dtype=f32)
     n_im = rng.standard_normal((X, Y, Z), dtype=f32)
     n_re *= sigma
     n_im *= sigma
     n_re += img
-    image = np.hypot(n_re, n_im).astype(f32, copy=False)
-    return image, label, spacing
+    return np.hypot(n_re, n_im).astype(f32, copy=False)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -409,12 +482,13 @@ def _case_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def _nifti(data: np.ndarray, spacing: tuple[float, float, float], dtype) -> nib.Nifti1Image:
+    """A NIfTI image of (X, Y, Z) or (X, Y, Z, C) data (channels last, as MSD writes them)."""
     affine = np.diag([*spacing, 1.0]).astype(np.float64)
     # Centre the volume on the scanner origin (RAS-ish, diagonal = spacing).
-    affine[:3, 3] = -0.5 * (np.asarray(data.shape) - 1) * np.asarray(spacing)
+    affine[:3, 3] = -0.5 * (np.asarray(data.shape[:3]) - 1) * np.asarray(spacing)
     img = nib.Nifti1Image(data, affine)
     img.header.set_data_dtype(dtype)
-    img.header.set_zooms(spacing)
+    img.header.set_zooms(tuple(spacing) + (1.0,) * (data.ndim - 3))
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -440,12 +514,16 @@ def write_dataset(
     shape: tuple[int, int, int] | None = (192, 192, 12),
     seed: int = 0,
     myocardium: bool = False,
+    rv: bool = False,
+    channels: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> pathlib.Path:
     """Write a dataset in the Medical Segmentation Decathlon v1 layout and return its root.
 
-    ``out/dataset.json``, ``out/imagesTr/case_000.nii.gz`` (float32) and
-    ``out/labelsTr/case_000.nii.gz`` (uint8). ``shape=None`` draws each case's
+    ``out/dataset.json``, ``out/imagesTr/case_000.nii.gz`` (float32; with ``channels=2``
+    a 4D (X, Y, Z, 2) file, channels last, and two "modality" entries, as MSD Prostate)
+    and ``out/labelsTr/case_000.nii.gz`` (uint8). ``myocardium`` and ``rv`` add those
+    classes (see ``make_case``); "labels" lists every class. ``shape=None`` draws each case's
     shape like the paper's data: square in-plane size from (128, 192, 256) and
     10-15 slices. Case ``i`` depends on ``(seed, i)`` only. ``progress(done, total)``
     is called after each case is written. The dataset is written into a hidden
@@ -462,8 +540,9 @@ def write_dataset(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed {seed!r} is not a whole number >= 0; give e.g. 0")
     seed = int(seed)
-    if not isinstance(myocardium, (bool, np.bool_)):
-        raise InputError(f"myocardium {myocardium!r} is not true or false; give True or False")
+    myocardium = _check_flag(myocardium, "myocardium")
+    rv = _check_flag(rv, "rv")
+    channels = _check_channels(channels)
 
     root = pathlib.Path(out).expanduser().absolute()
     if root.exists() or root.is_symlink():
@@ -503,7 +582,7 @@ def write_dataset(
                 case_shape = (size, size, nz)
             else:
                 case_shape = shape
-            image, label, spacing = make_case(case_shape, rng, myocardium=bool(myocardium))
+            image, label, spacing = make_case(case_shape, rng, myocardium=myocardium, rv=rv, channels=channels)
             name = f"case_{i:03d}.nii.gz"
             nib.save(_nifti(image, spacing, np.float32), tmp / "imagesTr" / name)
             nib.save(_nifti(label, spacing, np.uint8), tmp / "labelsTr" / name)
@@ -511,15 +590,16 @@ def write_dataset(
             if progress is not None:
                 progress(i + 1, cases)
 
-        labels = {"0": "background", "1": "left ventricle"}
-        if myocardium:
-            labels["2"] = "myocardium"
+        names = class_names(myocardium=myocardium, rv=rv)
+        labels = {str(value): name for value, name in enumerate(names)}
+        labelled = [name for name, asked in (("myocardium", myocardium), ("right ventricle", rv)) if asked]
         meta = {
             "name": "SyntheticCardiac",
             "description": (
                 "Synthetic short-axis cardiac MR stacks (left-ventricle segmentation), "
                 f"generated by hpsearch model.synth with seed {seed}"
-                + (", myocardium labelled" if myocardium else "")
+                + "".join(f", {name} labelled" for name in labelled)
+                + (", two MR contrasts" if channels == 2 else "")
                 + "; shapes "
                 + ("drawn per case" if shape is None else "x".join(map(str, shape)))
                 + "."
@@ -527,8 +607,8 @@ def write_dataset(
             "reference": "synthetic (hpsearch model/synth.py)",
             "licence": "CC0",
             "release": "1.0",
-            "tensorImageSize": "3D",
-            "modality": {"0": "MRI"},
+            "tensorImageSize": "4D" if channels == 2 else "3D",
+            "modality": {str(c): CHANNEL_NAMES[c] for c in range(channels)},
             "labels": labels,
             "numTraining": cases,
             "numTest": 0,

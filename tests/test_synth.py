@@ -224,9 +224,9 @@ def test_default_shape_is_192_192_12(tmp_path, monkeypatch):
     seen = []
     real = synth.make_case
 
-    def spy(shape, rng, *, myocardium=False):
+    def spy(shape, rng, **options):
         seen.append(tuple(shape))
-        return real(SMALL, rng, myocardium=myocardium)  # keep the test fast
+        return real(SMALL, rng, **options)  # keep the test fast
 
     monkeypatch.setattr(synth, "make_case", spy)
     synth.write_dataset(tmp_path / "ds", cases=2)
@@ -244,6 +244,11 @@ def test_default_shape_is_192_192_12(tmp_path, monkeypatch):
         ({"shape": (32, 2048, 10)}, "shape"),
         ({"shape": (32, 32)}, "shape"),
         ({"seed": -1}, "seed"),
+        ({"myocardium": 1}, "myocardium"),
+        ({"rv": "yes"}, "rv"),
+        ({"channels": 3}, "channels"),
+        ({"channels": 0}, "channels"),
+        ({"channels": True}, "channels"),
     ],
 )
 def test_bad_arguments_raise_and_leave_nothing(tmp_path, kwargs, word):
@@ -294,3 +299,106 @@ def test_missing_parents_are_created(tmp_path):
     root = synth.write_dataset(tmp_path / "a" / "b" / "ds", cases=1, shape=SMALL)
     assert root == (tmp_path / "a" / "b" / "ds").absolute()
     assert sorted(p.name for p in root.parent.iterdir()) == ["ds"]
+
+
+# --------------------------------------------------------------------------- right ventricle and two channels
+
+
+def _sizes(label: np.ndarray, classes: int) -> list[int]:
+    return [int((label == value).sum()) for value in range(1, classes)]
+
+
+@pytest.mark.parametrize("myocardium, rv_value", [(False, 2), (True, 3)])
+def test_rv_is_the_next_class_and_leaves_the_left_ventricle_alone(myocardium, rv_value):
+    _, plain, _ = _case(5, myocardium=myocardium)
+    image, label, _ = synth.make_case(SMALL, np.random.default_rng(5), myocardium=myocardium, rv=True)
+    assert set(np.unique(label).tolist()) == set(range(rv_value + 1))
+    assert synth.class_names(myocardium=myocardium, rv=True)[rv_value] == "right ventricle"
+    # the LV blood pool and myocardium are the same voxels with or without the RV class
+    for value in range(1, rv_value):
+        assert np.array_equal(label == value, plain == value)
+    assert not (plain == rv_value).any()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rv_is_the_smallest_class_a_bright_crescent_beside_the_lv(seed):
+    image, label, _ = synth.make_case((64, 64, 12), np.random.default_rng(seed), myocardium=True, rv=True)
+    lv, myo, rv = _sizes(label, 4)
+    assert 0 < rv < 0.8 * lv and rv < 0.8 * myo  # a class of its own, clearly smaller
+    # blood-bright, like the LV blood pool, unlike the myocardium
+    assert image[label == 3].mean() > 1.5 * image[label == 2].mean()
+    # beside the LV: every basal RV slice touches the myocardium (one voxel's shift)
+    ring = label == 2
+    grown = ring | np.roll(ring, 1, 0) | np.roll(ring, -1, 0) | np.roll(ring, 1, 1) | np.roll(ring, -1, 1)
+    assert ((label == 3) & grown).any(axis=(0, 1))[0]
+    # shorter than the LV: it ends before the apex
+    rv_slices = (label == 3).any(axis=(0, 1))
+    lv_slices = (label == 1).any(axis=(0, 1))
+    assert rv_slices[0] and rv_slices.sum() < lv_slices.sum()
+
+
+def test_class_sizes_are_ordered_rv_lv_myocardium_over_a_dataset():
+    totals = np.zeros(3)
+    for seed in range(8):
+        _, label, _ = synth.make_case((48, 48, 12), synth._case_rng(0, seed), myocardium=True, rv=True)
+        totals += _sizes(label, 4)
+    lv, myo, rv = totals
+    assert rv < 0.6 * lv < 0.6 * myo  # very different sizes: RV well under the LV, the LV under the myocardium
+
+
+def test_two_channels_keep_channel_0_and_add_a_second_contrast():
+    one, label1, sp1 = synth.make_case(SMALL, np.random.default_rng(2), myocardium=True, rv=True)
+    two, label2, sp2 = synth.make_case(SMALL, np.random.default_rng(2), myocardium=True, rv=True, channels=2)
+    assert two.shape == (*SMALL, 2) and two.dtype == np.float32
+    assert np.array_equal(two[..., 0], one) and np.array_equal(label1, label2) and sp1 == sp2
+    second = two[..., 1]
+    assert np.isfinite(second).all() and second.min() >= 0.0
+    # another contrast, not a copy: myocardium brighter than blood, where channel 0 has it darker
+    assert second[label2 == 2].mean() > second[label2 == 1].mean()
+    assert one[label2 == 2].mean() < one[label2 == 1].mean()
+
+
+def test_two_channel_dataset_loads_through_model_data(tmp_path):
+    from model.data import load_dataset, load_train_data, split_cases
+
+    root = synth.write_dataset(tmp_path / "ds", cases=4, shape=SMALL, seed=1, myocardium=True, rv=True, channels=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["tensorImageSize"] == "4D"
+    assert meta["modality"] == {"0": "MRI", "1": "T1"}
+    assert meta["labels"] == {"0": "background", "1": "left ventricle", "2": "myocardium", "3": "right ventricle"}
+    img, lab = _load(root, meta["training"][0])
+    assert img.shape == (*SMALL, 2) and lab.shape == SMALL  # 4D, channels last, as MSD Prostate
+    assert img.header.get_zooms()[:3] == lab.header.get_zooms()
+    np.testing.assert_array_equal(img.affine, lab.affine)
+
+    dataset = load_dataset(root)
+    assert dataset.channel_names == ("MRI", "T1") and dataset.num_classes == 4
+    data = load_train_data(dataset, split_cases(dataset.case_names, seed=0, val_fraction=0.25, test_fraction=0.0))
+    assert data.in_channels == 2
+    case = data.train[0]
+    assert case.image.shape == (*SMALL, 2) and case.label.shape == SMALL
+    assert set(np.unique(case.label).tolist()) == {0, 1, 2, 3}
+    # each channel z-scored on its own
+    np.testing.assert_allclose(case.image.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(case.image.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+def test_synth_and_train_on_three_classes_and_two_channels(tmp_path, capsys):
+    from hpsearch.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "synth", str(data), "--cases", "4", "--shape", "16x16x16",
+                 "--myocardium", "--rv", "--channels", "2"]) == 0
+    meta = json.loads((data / "dataset.json").read_text())
+    assert list(meta["labels"].values()) == ["background", "left ventricle", "myocardium", "right ventricle"]
+    assert len(meta["modality"]) == 2
+    params = tmp_path / "params.yaml"
+    params.write_text("hyperparameters:\n  channels in first conv layer: 2\n")
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--params", str(params), "--out", str(out),
+                 "--steps", "2", "--eval-every", "2", "--patch", "16x16x16", "--depth", "1",
+                 "--val-fraction", "0.25", "--test-fraction", "0.25", "--seed", "0"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["class_names"] == ["background", "left ventricle", "myocardium", "right ventricle"]
+    assert info["channel_names"] == ["MRI", "T1"]
+    assert set(info["per_class_iou"]) == set(info["class_names"])

@@ -29,6 +29,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="vary the size per case like the paper's data (128/192/256 in plane, 10-15 slices)")
     synth.add_argument("--seed", type=int, default=defaults["seed"], help=f"random seed (default: {defaults['seed']})")
     synth.add_argument("--myocardium", action="store_true", help="label the myocardium ring as class 2")
+    synth.add_argument("--rv", action="store_true",
+                       help="label the right-ventricle blood pool, a smaller crescent beside the left ventricle, "
+                       "as the next class (3 with --myocardium, else 2)")
+    synth.add_argument("--channels", type=int, choices=(1, 2), default=defaults["channels"],
+                       help="image channels: 1, or 2 for a second MR contrast written as a 4D NIfTI with the "
+                       f"channels last, as MSD Prostate (default: {defaults['channels']})")
     synth.set_defaults(handler=cmd_data_synth)
 
     train = commands.add_parser("train", help="train one model (Table 1 hyperparameters by default)")
@@ -118,6 +124,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
             shape=None if args.vary_shape else args.shape,
             seed=args.seed,
             myocardium=args.myocardium,
+            rv=args.rv,
+            channels=args.channels,
             progress=lambda done, total: advance(done),
         )
     print(f"wrote {args.cases} cases to {root} (MSD layout: dataset.json, imagesTr/, labelsTr/)")
