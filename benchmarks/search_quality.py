@@ -121,7 +121,8 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
         store = FileSystemArtifactStore(folder)
         study = optuna.create_study(direction="maximize", sampler=config.make_sampler(), pruner=config.make_pruner())
         if sampler["name"] != "neighborhood":  # the neighbourhood sampler evaluates the start point first itself
-            study.enqueue_trial({name: config.start[name] for name in config.search_space})
+            # the searched dimensions' start values: a categorical one (loss, block, augment) starts at its training: value
+            study.enqueue_trial(config._searched_start())
         objective = Objective(config, data, worker=f"{method}/seed{seed}", artifact_store=store)
         spent, records, started = 0, [], time.perf_counter()
         while spent < budget:
@@ -156,8 +157,9 @@ def run_search(study_file: str, method: str, seed: int, trials: int) -> dict:
 
 
 def retrain(study_file: str, params: dict, seed: int) -> dict:
-    """Train `params` (Table 1 names, over the study's start point) from scratch with training
-    seed `seed` and the study's training settings; returns the final validation IoU (the
+    """Train `params` (Table 1 names over the study's start point, and any searched training
+    choices: loss, block, augment) from scratch with training seed `seed` and the study's other
+    training settings; returns the final validation IoU (the
     objective's measure) and the test IoU of the model it keeps (its best validation weights,
     as `hpsearch train` and the search's stored models keep)."""
     from hpsearch.worker import load_data
@@ -165,7 +167,7 @@ def retrain(study_file: str, params: dict, seed: int) -> dict:
 
     config = study_config(study_file)
     started = time.perf_counter()
-    train_config = dataclasses.replace(config.train_config(0), seed=seed)
+    train_config = dataclasses.replace(config.train_config(0, params), seed=seed)
     result = train(config.hyperparameters(params), load_data(config), train_config)
     test_iou, _ = evaluate_on_test(result.model, config)
     return {
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_records(out, args, others + searches, retrains)
 
     study = study_config(args.study)  # no TensorFlow import: the pools' workers load it
-    start = {name: study.start[name] for name in study.search_space}
+    start = study._searched_start()  # categorical dimensions start at their training: value
     winners = [winner_at(s, share) for s in searches for share in RETRAIN_AT]
     configurations = [start] + [w for w in winners if w is not None]
     wanted = {retrain_key(c, RETRAIN_SEED + k): (c, RETRAIN_SEED + k) for c in configurations for k in range(args.retrain)}
