@@ -11,8 +11,9 @@ No TensorFlow: the storage is what is measured. Every run gets a fresh database,
 
 Settings (`--settings`):
 
-  hpsearch   hpsearch.storage.open_storage(url) as it stands: SQLAlchemy's default QueuePool
-             (pool_size 5 + max_overflow 10 per process), pool_pre_ping, reconnecting calls.
+  hpsearch   hpsearch.storage.open_storage(url) as it stands: SQLAlchemy's NullPool (a connection
+             per transaction, closed after it), reconnecting calls that also wait out "too many
+             clients" (SQLSTATE 53300).
   queuepool  optuna RDBStorage with the same engine options and the default QueuePool.
   single     ... with pool_size=1, max_overflow=0. RDBStorage cannot open with it: its schema
              check holds a session while it opens a second connection, which waits pool_timeout
@@ -43,7 +44,12 @@ with every other client of the server):
   backend process and some work_mem, so a few hundred is the practical limit).
 
     python benchmarks/many_workers.py [--workers 8 32 128] [--settings hpsearch single nullpool]
-        [--trials-per-worker 40] [--duration 90] [--postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test]
+        [--trials-per-worker 40] [--duration 90] [--heartbeat 1] [--grace 30] [--objective 0.2 1]
+        [--stagger 0] [--postgres postgresql+psycopg2://postgres@127.0.0.1:5432/test]
+
+The defaults are a stress test (1 s heartbeats, sub-second trials, all workers asking at once); a
+search's own pace is `--heartbeat 60 --grace 180` (hpsearch's defaults), trials of minutes, and
+workers that start over a minute or more.
 """
 
 from __future__ import annotations
@@ -148,7 +154,7 @@ class Heartbeat:
 
 
 def worker(index: int, url: str, setting: str, trials: int, duration: float, sleep: tuple[float, float],
-           heartbeat: tuple[int, int], barrier, folder: str) -> None:
+           heartbeat: tuple[int, int], barrier, folder: str, stagger: float = 0.0) -> None:
     """Run up to `trials` trials (stopping asking after `duration` s); write folder/worker-<index>.json.
 
     Exits 1 after the first error (written to the JSON file), 0 otherwise.
@@ -171,6 +177,8 @@ def worker(index: int, url: str, setting: str, trials: int, duration: float, sle
     except Exception as error:  # noqa: BLE001 - recorded and counted by the parent
         record["error"] = describe_error(error)
     barrier.wait(timeout=START_TIMEOUT)  # a failed worker waits too, or the others would hang
+    # Cluster workers start over seconds to minutes (queueing, image pulls, imports), not at one instant.
+    time.sleep(rng.uniform(0.0, stagger))
     try:
         deadline = time.monotonic() + duration
         while study is not None and len(record["asked"]) < trials and time.monotonic() < deadline:
@@ -251,7 +259,7 @@ def drop_database(admin_url: str, name: str) -> None:
 
 
 def run(url: str, *, workers: int, setting: str, trials: int = 40, duration: float = 90.0,
-        sleep: tuple[float, float] = (0.2, 1.0), heartbeat: tuple[int, int] = (1, 30),
+        sleep: tuple[float, float] = (0.2, 1.0), heartbeat: tuple[int, int] = (1, 30), stagger: float = 0.0,
         admin_url: str | None = None, database: str | None = None) -> dict:
     """One run of `workers` workers on the empty database `url`; returns figures and checks.
 
@@ -267,7 +275,7 @@ def run(url: str, *, workers: int, setting: str, trials: int = 40, duration: flo
     barrier = context.Barrier(workers + 1)
     with tempfile.TemporaryDirectory(prefix="many-workers-") as folder:
         processes = [
-            context.Process(target=worker, args=(i, url, setting, trials, duration, sleep, heartbeat, barrier, folder))
+            context.Process(target=worker, args=(i, url, setting, trials, duration, sleep, heartbeat, barrier, folder, stagger))
             for i in range(workers)
         ]
         poller = ConnectionPoller(admin_url, database) if admin_url and database else None
@@ -408,6 +416,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=90.0, help="s after which workers stop asking")
     parser.add_argument("--heartbeat", type=int, default=1, help="heartbeat interval, s")
     parser.add_argument("--grace", type=int, default=30, help="heartbeat grace period, s")
+    parser.add_argument("--objective", type=float, nargs=2, default=(0.2, 1.0), metavar=("LOW", "HIGH"),
+                        help="the trivial objective sleeps uniformly in [LOW, HIGH] s")
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="each worker waits uniformly in [0, STAGGER] s before its first ask")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="admin URL (may CREATE and DROP DATABASE)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -417,7 +429,8 @@ def main() -> int:
     for workers in args.workers:
         for setting in args.settings:
             result = benchmark(args.postgres, workers=workers, setting=setting, trials=args.trials_per_worker,
-                               duration=args.duration, heartbeat=(args.heartbeat, args.grace))
+                               duration=args.duration, heartbeat=(args.heartbeat, args.grace),
+                               sleep=tuple(args.objective), stagger=args.stagger)
             print(f"# {setting} x{workers}: {json.dumps(result)}", flush=True)
             results.append(result)
     print(table(results))
