@@ -19,7 +19,9 @@ task back to run further trials.
 The launcher polls the study and `squeue` until the study holds its target; Ctrl-C (or SIGTERM)
 cancels the array with `scancel`, its workers re-queue their trials, and the study resumes with
 the same launch command. The job ids are kept in the study (user attribute `slurm_jobs`) so
-that `hpsearch status` can show their tasks.
+that `hpsearch status` can show their tasks (a line each, or "slurm_jobs" in --format json|yaml).
+The workers' --artifacts is the launch's: an s3://bucket/prefix store as it is, a folder as an
+absolute path on the shared file system.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import optuna
 
+from hpsearch.artifacts import is_s3
 from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.storage import DEFAULT_ENV, fail_stale_trials, is_rdb_url, mask_password
 from hpsearch.vocabulary import SLURM_JOBS_ATTR, counts
@@ -103,10 +106,14 @@ def check_installed() -> None:
 
 
 def batch_script(
-    *, study: str, workers: int, target: int, settings: SlurmSettings, log_dir: Path, artifacts: Path,
+    *, study: str, workers: int, target: int, settings: SlurmSettings, log_dir: Path, artifacts: str | Path,
     workdir: Path, python: str = sys.executable,
 ) -> str:
-    """The sbatch script of the job array: one `hpsearch worker` per task, logs to log_dir/slurm-%A_%a.log."""
+    """The sbatch script of the job array: one `hpsearch worker` per task, logs to log_dir/slurm-%A_%a.log.
+
+    `artifacts` is the trial model store: an s3://bucket/prefix URL, passed to the workers as it is,
+    or a folder, passed as an absolute path.
+    """
     directives = [
         f"--job-name=hpsearch-{study}",
         f"--array=0-{workers - 1}",
@@ -123,7 +130,7 @@ def batch_script(
     directives += list(settings.options)
     worker = [
         python, "-m", "hpsearch.cli", "worker", "--study", study, "--trials", str(target),
-        "--artifacts", str(Path(artifacts).resolve()),
+        "--artifacts", artifacts_argument(artifacts),
     ]
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), ""]
     lines += [
@@ -146,6 +153,13 @@ def batch_script(
         "",
     ]
     return "\n".join(lines)
+
+
+def artifacts_argument(artifacts: str | Path) -> str:
+    """The workers' --artifacts: an S3 URL verbatim (every node reaches it by name; Path() would fold its
+    '//'), a folder made absolute (the tasks start in --chdir, which need not be this folder)."""
+    text = str(artifacts)
+    return text if is_s3(text) else str(Path(text).resolve())
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
@@ -207,25 +221,46 @@ def record_job(study: optuna.Study, job_id: str, workers: int) -> None:
     study.set_user_attr(SLURM_JOBS_ATTR, jobs)
 
 
+def job_states(study: optuna.Study, *, last: int | None = None) -> list[dict]:
+    """The study's Slurm job arrays (its last `last`, else all; oldest first) with their tasks as squeue shows them.
+
+    Each: {"job", "tasks" (count), "submitted" (ISO time), "state", "array_tasks": [{"task", "state",
+    "elapsed", "where"}]}. "state" sums the tasks' states ("1 COMPLETED, 1 RUNNING"), or says why they are
+    not known: squeue missing here, squeue not answering, or the job ended long enough ago that the
+    controller forgot it (array_tasks is then empty).
+    """
+    jobs = list(study.user_attrs.get(SLURM_JOBS_ATTR) or [])
+    if last is not None:
+        jobs = jobs[-last:]
+    have_squeue = shutil.which("squeue") is not None
+    states = []
+    for job in jobs:
+        tasks = array_tasks(job["job"]) if have_squeue else None
+        if not have_squeue:
+            state = "squeue is not available on this machine"
+        elif tasks is None:
+            state = "squeue did not answer"
+        elif not tasks:
+            state = "ended (no longer known to the Slurm controller)"
+        else:
+            state = summary(tasks)
+        states.append({
+            "job": str(job["job"]), "tasks": job.get("tasks"), "submitted": job.get("submitted"), "state": state,
+            "array_tasks": [dataclasses.asdict(task) for task in tasks or []],
+        })
+    return states
+
+
 def job_lines(study: optuna.Study, *, last: int = 3) -> list[str]:
     """For `hpsearch status`: a line per array task of the study's last `last` Slurm jobs."""
-    jobs = list(study.user_attrs.get(SLURM_JOBS_ATTR) or [])[-last:]
-    if not jobs:
-        return []
-    if shutil.which("squeue") is None:
-        return [f"Slurm job {job['job']} ({job['tasks']} tasks, submitted {job['submitted']}): squeue is not "
-                "available on this machine" for job in jobs]
     lines = []
-    for job in jobs:
-        tasks = array_tasks(job["job"])
+    for job in job_states(study, last=last):
         head = f"Slurm job {job['job']} ({job['tasks']} tasks, submitted {job['submitted']})"
-        if tasks is None:
-            lines.append(f"{head}: squeue did not answer")
-        elif not tasks:
-            lines.append(f"{head}: ended (no longer known to the Slurm controller)")
-        else:
-            lines.append(f"{head}:")
-            lines += [f"  task {t.task}: {t.state}, {t.elapsed}, {t.where}" for t in tasks]
+        if not job["array_tasks"]:
+            lines.append(f"{head}: {job['state']}")
+            continue
+        lines.append(f"{head}:")
+        lines += [f"  task {t['task']}: {t['state']}, {t['elapsed']}, {t['where']}" for t in job["array_tasks"]]
     return lines
 
 

@@ -1,12 +1,13 @@
 """`hpsearch launch --executor slurm` against a real single-node Slurm cluster (tests/slurm/start.sh).
 
 The cluster is Debian's slurm-wlm on localhost (2 CPUs, no GPUs: the tests pass --cpu so that
-no --gres=gpu:1 is asked for). The script generation, the squeue parsing and the storage check
-run without a cluster.
+no --gres=gpu:1 is asked for). The script generation, the squeue parsing, the storage check and
+`status --format json` on a machine without squeue run without a cluster.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,9 +18,13 @@ import yaml
 from optuna.trial import TrialState
 from searchutil import finish, hpsearch, load, wait_for, write_tiny_study
 
+from hpsearch.cli import main
 from hpsearch.config import load_study
 from hpsearch.errors import UsageError
-from hpsearch.slurm import SlurmSettings, TaskState, batch_script, check_storage, parse_squeue, summary
+from hpsearch.launcher import prepare_study
+from hpsearch.slurm import SlurmSettings, TaskState, batch_script, check_storage, parse_squeue, record_job, summary
+from hpsearch.storage import open_storage
+from model.synth import write_dataset
 from hpsearch.vocabulary import FAIL_REASON_ATTR, RETRY_OF_ATTR, SLURM_JOBS_ATTR, WORKER_ATTR
 
 START = Path(__file__).parent / "slurm" / "start.sh"
@@ -48,6 +53,12 @@ def slurm_cluster() -> None:
 
 def _study_attrs(url: str) -> dict:
     return load(url).user_attrs
+
+
+def _new_study(tmp_path: Path, url: str):
+    """The tiny study as `launch` creates it in `url`, with no trial."""
+    config = load_study(write_tiny_study(tmp_path / "studies"))
+    return prepare_study(config, open_storage(url, heartbeat_interval=None), target=config.trials)
 
 
 def _squeue(job: str) -> list[TaskState]:
@@ -82,6 +93,17 @@ def test_batch_script_asks_for_one_gpu_per_task_and_keeps_the_url_out(tmp_path):
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
 
 
+def test_the_sbatch_script_passes_an_s3_artifacts_url_verbatim_and_a_folder_as_an_absolute_path(tmp_path, monkeypatch):
+    settings = SlurmSettings.merged(None, cpu=True)
+    script = batch_script(study="paper", workers=2, target=5, settings=settings, log_dir=tmp_path, workdir=tmp_path,
+                          artifacts="s3://models/hpsearch/paper", python="/opt/venv/bin/python")
+    assert " --artifacts s3://models/hpsearch/paper --index " in script  # not folded to s3:/ nor made a path here
+    monkeypatch.chdir(tmp_path)
+    script = batch_script(study="paper", workers=2, target=5, settings=settings, log_dir=tmp_path, workdir=tmp_path,
+                          artifacts="studies/artifacts", python="/opt/venv/bin/python")
+    assert f" --artifacts {tmp_path.resolve() / 'studies' / 'artifacts'} --index " in script
+
+
 def test_an_option_that_is_not_an_sbatch_option_is_refused():
     with pytest.raises(UsageError, match=r"'mem=16G' is not an sbatch option.*--slurm-option=--mem=16G"):
         SlurmSettings.merged(None, options=["mem=16G"])
@@ -112,6 +134,33 @@ def test_the_study_file_may_hold_slurm_settings(tmp_path):
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(UsageError, match=r"unknown key 'nodes' in slurm"):
         load_study(path)
+
+
+def test_status_json_lists_the_slurm_jobs_and_says_where_squeue_is_missing(tmp_path, monkeypatch, capsys):
+    """A machine without Slurm (a laptop reading the study) shows the jobs, their states unknown, and exits 0."""
+    journal = str(tmp_path / "study.journal")
+    study = _new_study(tmp_path, journal)
+    record_job(study, "12", 2)
+    record_job(study, "15", 3)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))  # no squeue, sbatch or sacct here
+    assert main(["status", "--study", "tiny", "--storage", journal, "--format", "json"]) == 0
+    jobs = json.loads(capsys.readouterr().out)["slurm_jobs"]
+    unknown = "squeue is not available on this machine"
+    assert [(j["job"], j["tasks"], j["state"], j["array_tasks"]) for j in jobs] == [("12", 2, unknown, []), ("15", 3, unknown, [])]
+    assert jobs[0]["submitted"] == study.user_attrs[SLURM_JOBS_ATTR][0]["submitted"]
+    assert main(["status", "--study", "tiny", "--storage", journal, "--format", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["slurm_jobs"] == jobs
+    assert main(["status", "--study", "tiny", "--storage", journal]) == 0
+    assert "Slurm job 15 (3 tasks, submitted " in capsys.readouterr().out
+
+
+def test_status_json_of_a_study_without_slurm_jobs_has_an_empty_list(tmp_path, monkeypatch, capsys):
+    journal = str(tmp_path / "study.journal")
+    _new_study(tmp_path, journal)
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "--study", "tiny", "--storage", journal, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["slurm_jobs"] == []
 
 
 # ---------------------------------------------------------------- a real cluster
@@ -176,3 +225,61 @@ def test_scancel_of_one_task_requeues_its_trial_and_the_study_reaches_its_target
     assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "CANCELLED"}, states
     log = (tmp_path / "studies" / "logs" / "tiny" / f"slurm-{job}_1.log").read_text()
     assert f"trial {number} re-queued with the same hyperparameters" in log
+
+
+@pytest.mark.postgres
+def test_status_json_shows_the_tasks_of_a_real_job_array(slurm_cluster, postgres_url, tmp_path, monkeypatch, capsys):
+    """A job array that ran on the cluster, and a job id the controller does not know (ended long ago)."""
+    study = _new_study(tmp_path, postgres_url)
+    submitted = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--job-name=hpsearch-status-test",
+                                f"--output={tmp_path}/job-%A_%a.log", f"--chdir={tmp_path}", "--wrap", "true"],
+                               capture_output=True, text=True, timeout=60, check=True)
+    job = submitted.stdout.strip().split(";")[0]
+
+    def both_tasks_completed():
+        """both tasks of the array COMPLETED in squeue"""
+        return [t.state for t in _squeue(job)] == ["COMPLETED", "COMPLETED"]
+
+    wait_for(both_tasks_completed, timeout=120, interval=0.5)
+    record_job(study, job, 2)
+    record_job(study, "67000000", 1)  # above any id this cluster has given
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "--study", "tiny", "--storage", postgres_url, "--format", "json"]) == 0
+    real, forgotten = json.loads(capsys.readouterr().out)["slurm_jobs"]
+    assert (real["job"], real["tasks"], real["state"]) == (job, 2, "2 COMPLETED")
+    assert [(t["task"], t["state"], t["where"]) for t in real["array_tasks"]] == [
+        (f"{job}_0", "COMPLETED", "localhost"), (f"{job}_1", "COMPLETED", "localhost")]
+    assert (forgotten["job"], forgotten["state"], forgotten["array_tasks"]) == (
+        "67000000", "ended (no longer known to the Slurm controller)", [])
+    assert main(["status", "--study", "tiny", "--storage", postgres_url, "--format", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["slurm_jobs"] == [real, forgotten]
+
+
+@pytest.mark.postgres
+def test_launch_refuses_a_bad_dataset_before_submitting_a_job(slurm_cluster, postgres_url, tmp_path):
+    study_file = write_tiny_study(tmp_path / "studies", name="baddata")
+    data = write_dataset(tmp_path / "studies" / "data", cases=4, shape=(32, 32, 8), seed=0)
+    for label in (data / "labelsTr").iterdir():
+        label.write_bytes(b"not a NIfTI file")
+
+    def submitted_jobs() -> list[str]:
+        return subprocess.run(["squeue", "--states=all", "-h", "--name=hpsearch-baddata", "-o", "%i"],
+                              capture_output=True, text=True, timeout=60, check=True).stdout.split()
+
+    before = submitted_jobs()
+    launch = hpsearch("launch", "--executor", "slurm", "--study", str(study_file), "--workers", "1", "--cpu",
+                      env={"HPSEARCH_STORAGE": postgres_url}, cwd=tmp_path)
+    try:
+        code, output = finish(launch, timeout=180)
+    finally:
+        if launch.poll() is None:
+            launch.kill()
+            subprocess.run(["scancel", "--name=hpsearch-baddata"], timeout=60)
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpsearch: error: the study's dataset cannot be used: "), output
+    assert "labelsTr/case_00" in lines[0] and "is not a readable NIfTI file" in lines[0]
+    assert submitted_jobs() == before
+    assert not (tmp_path / "studies" / "logs" / "baddata" / "slurm-job.sh").exists()
+    with pytest.raises(KeyError):  # no study, so no slurm_jobs attribute either
+        load(postgres_url, "baddata")

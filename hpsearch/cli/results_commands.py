@@ -113,7 +113,12 @@ def trial_note(trial) -> str:
 
 
 def status_document(study, storage_text: str) -> dict:
-    """The study and its trials as plain data (what `status --format json|yaml` prints)."""
+    """The study, its trials and its Slurm job arrays as plain data (what `status --format json|yaml` prints).
+
+    "slurm_jobs" lists every job array `launch --executor slurm` submitted for the study (empty for
+    local workers), each with its tasks' states as hpsearch.slurm.job_states gives them.
+    """
+    from hpsearch.slurm import job_states
     from hpsearch.vocabulary import WORKER_ATTR, study_best_trial
 
     def when(moment):
@@ -140,6 +145,7 @@ def status_document(study, storage_text: str) -> dict:
         "direction": study.direction.name,
         "best": None if best is None else {"number": best.number, "value": best.value, "params": dict(best.params)},
         "trials": trials,
+        "slurm_jobs": job_states(study),
     }
 
 

@@ -184,11 +184,18 @@ def _launch_slurm(args: argparse.Namespace, config, target: int) -> int:
     )
     paths = study_paths(args.study_home)
     fix = f"move it away, or keep the study file in another folder than {args.study_home}"
-    writable_folder(paths["artifacts"], "trial models", fix)
+    artifacts = resolve_artifacts(args.artifacts, default_folder=paths["artifacts"])
+    if is_s3(artifacts):
+        open_artifact_store(artifacts, create=False)  # the bucket checked once here, not by every task's trial
+    else:
+        writable_folder(Path(artifacts), "trial models", fix)
     log_dir = paths["logs"] / config.name
     writable_folder(log_dir, "worker logs", fix)
     _, storage = open_study_storage(args)
     ensure_dataset(config)  # the nodes read it from the shared file system
+    from hpsearch.preflight import check_dataset
+
+    check_dataset(config)  # as the local launch: a bad file is one line here, before any study or sbatch
     study = prepare_study(config, storage, target=target)
     complete, _ = counts(study)
     print(f"study {config.name!r} in {describe(url)}: {complete} of {target} complete trials")
@@ -198,7 +205,7 @@ def _launch_slurm(args: argparse.Namespace, config, target: int) -> int:
     script = log_dir / "slurm-job.sh"
     script.write_text(slurm.batch_script(
         study=config.name, workers=args.workers, target=target, settings=settings, log_dir=log_dir,
-        artifacts=paths["artifacts"], workdir=Path.cwd(),
+        artifacts=artifacts, workdir=Path.cwd(),
     ), encoding="utf-8")
     job = slurm.submit(script, env={**os.environ, DEFAULT_ENV: url})
     slurm.record_job(study, job, args.workers)
