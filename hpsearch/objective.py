@@ -105,6 +105,7 @@ class Objective:
         self.on_step = on_step
         self.on_eval = on_eval
         self._checkpoints: dict[int, str] = {}  # trial number -> artifact id of the checkpoint stored last
+        self._networks = None  # the worker's model.NetworkCache: one traced training step per network shape
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, self.worker)
@@ -132,7 +133,10 @@ class Objective:
             raise SurplusTrial(f"the study already has {len(ahead)} complete or running trials for its target of {self.target}")
 
     def _run(self, trial: optuna.Trial) -> float:
-        from model import train  # TensorFlow loads here, in the worker, not in the launcher
+        from model import NetworkCache, train  # TensorFlow loads here, in the worker, not in the launcher
+
+        if self._networks is None:
+            self._networks = NetworkCache()
 
         suggested = suggest(trial, self.config)
         params = self.config.hyperparameters(suggested)
@@ -165,7 +169,7 @@ class Objective:
         started = time.perf_counter()
         try:
             result = train(params, self.data, config, on_eval=on_eval, on_step=on_step,
-                           on_checkpoint=on_checkpoint, resume=resume)
+                           on_checkpoint=on_checkpoint, resume=resume, networks=self._networks)
         except optuna.TrialPruned:
             self._drop_checkpoint(trial, finished=True)  # a pruned trial is never re-run
             # A pruned trial's training was spent on the search too.

@@ -34,6 +34,7 @@ _FACE = {
     "LOSSES": "model.config",
     "BLOCKS": "model.config",
     "Checkpoint": "model.checkpoint",
+    "NetworkCache": "model.reuse",
     # inference
     "segment": "model.segmentation",
     "predict_labels": "model.inference",

@@ -9,6 +9,9 @@ exact keep probability, so the expected output equals the input, as with Keras's
 
 Where TensorFlow has a GPU, and on other backends (JAX), Keras's own dropout runs, since the
 cheaper mask pays off on CPUs. The weights and configuration are those of keras.layers.Dropout.
+
+With `runtime=True` the rate is a non-trainable weight of the layer, not a constant of the traced
+step, so `set_rate` changes it between trials without tracing the step again (model/reuse.py).
 """
 
 from __future__ import annotations
@@ -33,16 +36,38 @@ class BitsDropout(layers.Dropout):
     Input and output (B, ..., C), any float dtype; identity outside training.
     """
 
+    def __init__(self, rate, runtime=False, **kwargs):
+        super().__init__(rate, **kwargs)
+        self.runtime = runtime
+        self.rate_value = None  # runtime=True: the scalar weight holding the rate, made in build
+
+    def build(self, input_shape):
+        if self.runtime:
+            self.rate_value = self.add_weight(
+                shape=(), initializer=keras.initializers.Constant(self.rate), trainable=False, name="rate"
+            )
+        super().build(input_shape)
+
+    def set_rate(self, rate: float) -> None:
+        """Drop with probability `rate` from now on (runtime=True layers only; 0 < rate < 1)."""
+        if self.rate_value is None:
+            raise ValueError(f"{self.name} holds its rate as a constant; build it with runtime=True to change it.")
+        self.rate = rate
+        self.rate_value.assign(rate)
+
     def call(self, inputs, training=False):
-        if (
-            not training
-            or self.rate <= 0
-            or self.noise_shape is not None
-            or inputs.shape[-1] is None
-            or not _tensorflow_on_cpu()
-        ):
-            return super().call(inputs, training=training)
-        return _bits_dropout(inputs, self.rate, self.seed_generator.next())
+        rate = self.rate if self.rate_value is None else self.rate_value
+        if not training or self.rate <= 0:
+            return inputs
+        if self.noise_shape is not None or inputs.shape[-1] is None or not _tensorflow_on_cpu():
+            return keras.random.dropout(inputs, rate, noise_shape=self.noise_shape, seed=self.seed_generator)
+        return _bits_dropout(inputs, rate, self.seed_generator.next())
+
+    def get_config(self):
+        config = super().get_config()
+        if self.runtime:  # otherwise the configuration is keras.layers.Dropout's
+            config["runtime"] = True
+        return config
 
 
 @functools.cache
@@ -55,12 +80,19 @@ def _tensorflow_on_cpu() -> bool:
     return not tf.config.list_physical_devices("GPU")
 
 
-def _bits_dropout(inputs, rate: float, seed):
+def _bits_dropout(inputs, rate, seed):
+    """`rate`: a float, or a scalar variable (runtime=True) read when the step runs."""
     import tensorflow as tf
 
-    threshold = drop_threshold(rate)
-    if threshold >= LEVELS:
-        return tf.zeros_like(inputs)
+    if isinstance(rate, float):
+        threshold = drop_threshold(rate)
+        if threshold >= LEVELS:
+            return tf.zeros_like(inputs)
+        threshold, scale = tf.constant(threshold, tf.uint16), tf.constant(LEVELS / (LEVELS - threshold), inputs.dtype)
+    else:  # the same figures, computed in the step (float64, as Python's); half to even, as round()
+        levels = tf.round(tf.cast(tf.convert_to_tensor(rate), tf.float64) * LEVELS)
+        levels = tf.minimum(levels, LEVELS - 1)  # rates within 2⁻¹⁷ of 1 drop all but 1 in 2¹⁶
+        threshold, scale = tf.cast(levels, tf.uint16), tf.cast(LEVELS / (LEVELS - levels), inputs.dtype)
     channels = inputs.shape[-1]
     # A training step's shapes are known when it is traced: then they are constants, and the trace
     # has fewer operations to build and optimise (28 dropout layers per U-Net).
@@ -76,8 +108,7 @@ def _bits_dropout(inputs, rate: float, seed):
         bits = tf.reshape(bits, _with_last(shape, channels + 1))[..., :channels]
     else:
         bits = tf.reshape(bits, shape)
-    keep = bits >= tf.constant(threshold, tf.uint16)
-    scale = tf.constant(LEVELS / (LEVELS - threshold), inputs.dtype)
+    keep = bits >= threshold
     return tf.where(keep, inputs * scale, tf.zeros((), inputs.dtype))
 
 

@@ -21,9 +21,11 @@ from model.errors import InputError, TrainingDiverged
 from model.inference import evaluate_cases
 from model.losses import get_loss
 from model.metrics import dice_from_counts, iou_from_counts, mean_foreground_iou
+from model.dropout import BitsDropout
 from model.optimizer import FusedAdam
 from model.params import Hyperparameters
 from model.patches import PatchSampler
+from model.reuse import NetworkCache, network_shape
 from model.unet import build_unet
 
 
@@ -81,10 +83,11 @@ def collapsed_classes(evaluation: Evaluation, steps: int) -> list[int]:
 
 
 def make_optimizer(params: Hyperparameters, clip: str) -> keras.optimizers.Optimizer:
-    """Adam (model/optimizer.py) with the paper's learning rate and betas, clipping by global or per-gradient norm."""
-    clipping = {"global_clipnorm": params.clip_norm} if clip == "global" else {"clipnorm": params.clip_norm}
+    """Adam (model/optimizer.py) with the paper's learning rate and betas, clipping by global or
+    per-gradient norm, and the L2 penalty on every kernel; all of them run-time values."""
     return FusedAdam(
-        learning_rate=params.learning_rate, beta_1=params.beta1, beta_2=params.beta2, **clipping
+        learning_rate=params.learning_rate, beta_1=params.beta1, beta_2=params.beta2, runtime=True,
+        clip_norm=params.clip_norm, clip="global" if clip == "global" else "each", l2=params.l2,
     )
 
 
@@ -98,23 +101,65 @@ def compiled_unet(
 ) -> keras.Model:
     """The U-Net of `params` and `config`, compiled with Adam and the loss, ready for train_on_batch.
 
-    `spatial_shape` fixes the input size (X, Y, Z); None accepts any size.
+    The L2 penalty is the optimizer's (a gradient term, so the training loss does not include
+    it), and the dropout rate a weight of the network, so that `reuse_network` can give the
+    compiled network another trial's values (model/reuse.py). `spatial_shape` fixes the input
+    size (X, Y, Z); None accepts any size.
     """
-    model = build_unet(
-        in_channels=in_channels,
-        num_classes=num_classes,
-        channels=params.channels,
-        depth=config.depth,
-        keep_prob=params.keep_prob,
-        l2=params.l2,
-        block=config.block,
-        spatial_shape=spatial_shape,
-    )
+    model = _build(params, config, in_channels=in_channels, num_classes=num_classes, spatial_shape=spatial_shape)
     # jit_compile="auto" leaves XLA off on CPU-only machines, where it is slower for this network.
     model.compile(optimizer=make_optimizer(params, config.clip), loss=get_loss(config.loss), jit_compile="auto")
     # Creating Adam's slots now spares train_on_batch a second trace of the training function,
     # which it would otherwise trace once just to create them.
     model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _build(params, config, *, in_channels, num_classes, spatial_shape=None) -> keras.Model:
+    return build_unet(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        channels=params.channels,
+        depth=config.depth,
+        keep_prob=params.keep_prob,
+        l2=0.0,  # the optimizer's (make_optimizer)
+        block=config.block,
+        spatial_shape=spatial_shape,
+        runtime_dropout=True,
+    )
+
+
+def reuse_network(model: keras.Model, params: Hyperparameters, config: TrainConfig, *, in_channels: int,
+                  num_classes: int) -> None:
+    """Make a compiled network of the same network_shape as a fresh `compiled_unet(params, config)`:
+    its initial weights and dropout seeds (drawn now, as a new network would draw them), `params`'
+    values, and an optimizer at step 0. The traced training step is kept."""
+    fresh = _build(params, config, in_channels=in_channels, num_classes=num_classes)
+    for variable, value in zip(model.variables, fresh.variables, strict=True):
+        variable.assign(value)
+    for layer in model.layers:
+        if isinstance(layer, BitsDropout):
+            layer.set_rate(1.0 - params.keep_prob)
+    model.optimizer.reset()
+    model.optimizer.set_hyperparameters(
+        learning_rate=params.learning_rate, beta_1=params.beta1, beta_2=params.beta2,
+        clip_norm=params.clip_norm, l2=params.l2,
+    )
+    model.reset_metrics()
+
+
+def _network(params, config, data: TrainData, networks: NetworkCache | None) -> keras.Model:
+    """A compiled network for this run: a kept one of the same shape, made new, or a new one."""
+    sizes = {"in_channels": data.in_channels, "num_classes": data.num_classes}
+    if networks is None:
+        return compiled_unet(params, config, **sizes)
+    shape = network_shape(params, config, **sizes)
+    model = networks.take(shape)
+    if model is None:
+        model = compiled_unet(params, config, **sizes)
+        networks.keep(shape, model)
+    else:
+        reuse_network(model, params, config, **sizes)
     return model
 
 
@@ -128,6 +173,7 @@ def train(
     on_collapse: Callable[[int, list[int]], None] | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     resume: Checkpoint | None = None,
+    networks: NetworkCache | None = None,
 ) -> TrainResult:
     """Train a U-Net for `config.steps` steps; return it with its best validation weights.
 
@@ -149,6 +195,9 @@ def train(
         resume: a Checkpoint of an earlier run of the same params, config and data: training
             goes on from its step with its weights, optimizer state, block sampler position,
             evaluations and best weights, as if it had not stopped.
+        networks: a worker's NetworkCache: a network of the same shape that an earlier run
+            compiled is reused, with this run's initial weights and values, and its traced
+            training step with it (model/reuse.py). The result's model is then that network.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite (before on_step sees that step).
@@ -159,7 +208,7 @@ def train(
         keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         _enable_op_determinism()
-    model = compiled_unet(params, config, in_channels=data.in_channels, num_classes=data.num_classes)
+    model = _network(params, config, data, networks)
     sampler = PatchSampler(
         data.train,
         patch_shape=config.patch_shape,

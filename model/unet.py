@@ -81,7 +81,7 @@ class SliceConv3D(layers.Conv3D):
         return outputs
 
 
-def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str):
+def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: str, runtime: bool = False):
     """Four convolutions, each followed by ReLU and dropout: (B, Z, X, Y, *) -> (B, Z, X, Y, filters).
 
     `block="factorized"` uses the paper's kernels 3×3×1, 3×1×3, 1×3×3, 3×3×1 in (x, y, z), run as
@@ -101,7 +101,7 @@ def conv_block(x, filters: int, *, block: str, dropout: float, l2: float, name: 
             name=f"{name}_conv_{plane}",
         )(x)
         if dropout > 0:
-            x = BitsDropout(dropout, name=f"{name}_drop_{plane}")(x)
+            x = BitsDropout(dropout, runtime=runtime, name=f"{name}_drop_{plane}")(x)
     return x
 
 
@@ -115,6 +115,7 @@ def build_unet(
     l2: float = 3.0e-4,
     block: str = "factorized",
     spatial_shape: tuple[int, int, int] | None = None,
+    runtime_dropout: bool = False,
     name: str = "unet",
 ) -> keras.Model:
     """Build the paper's U-Net.
@@ -128,6 +129,8 @@ def build_unet(
         l2: L2 weight on every convolution kernel (weight · Σ w², as Keras's L2; model/regularizers.py).
         block: "factorized" (the paper's plane-wise block) or "full" (3×3×3 kernels).
         spatial_shape: fix the input size (X, Y, Z); None (default) accepts any size.
+        runtime_dropout: hold the dropout rate as a weight of each dropout layer (BitsDropout.set_rate
+            changes it without tracing the training step again), not as a constant.
 
     Returns:
         An uncompiled `keras.Model` mapping (B, X, Y, Z, in_channels) to softmax
@@ -148,10 +151,10 @@ def build_unet(
     x = layers.Permute(TO_ZXY, name="to_zxy")(inputs)
     skips = []
     for level in range(depth):
-        x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}")
+        x = conv_block(x, channels * 2**level, block=block, dropout=dropout, l2=l2, name=f"enc{level + 1}", runtime=runtime_dropout)
         skips.append(x)
         x = layers.MaxPooling3D(pool_size=2, name=f"enc{level + 1}_pool")(x)
-    x = conv_block(x, channels * 2**depth, block=block, dropout=dropout, l2=l2, name="bottom")
+    x = conv_block(x, channels * 2**depth, block=block, dropout=dropout, l2=l2, name="bottom", runtime=runtime_dropout)
     for level in reversed(range(depth)):
         filters = channels * 2**level
         # The paper's upconvolution: a 1×1×1 kernel with stride 2.
@@ -159,7 +162,7 @@ def build_unet(
             filters, 1, strides=2, kernel_regularizer=regularizer, name=f"dec{level + 1}_up"
         )(x)
         x = layers.Concatenate(name=f"dec{level + 1}_concat")([x, skips[level]])
-        x = conv_block(x, filters, block=block, dropout=dropout, l2=l2, name=f"dec{level + 1}")
+        x = conv_block(x, filters, block=block, dropout=dropout, l2=l2, name=f"dec{level + 1}", runtime=runtime_dropout)
     # The last block ends in dropout, which is the paper's "dropout right before the output
     # layer"; a second one there would drop twice.
     x = layers.Conv3D(num_classes, 1, kernel_regularizer=regularizer, name="out_conv")(x)

@@ -83,3 +83,28 @@ def test_the_same_global_seed_draws_the_same_masks():
 def test_rate_one_drops_everything():
     y = BitsDropout(1.0)(np.ones((1, 4, 4, 4, 3), np.float32), training=True)
     assert not keras.ops.convert_to_numpy(y).any()
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.4])
+def test_a_run_time_rate_draws_the_masks_of_a_constant_one(rate):
+    """runtime=True reads the rate from a weight when the step runs: the same masks and scale, and
+    set_rate changes the rate of a traced step without tracing it again."""
+    x = np.random.default_rng(2).uniform(0.5, 1.5, size=(2, 8, 8, 8, 6)).astype(np.float32)
+    constant = dropped_and_gradient(BitsDropout(rate, seed=3), x)
+    runtime = BitsDropout(0.9, runtime=True, seed=3)
+    runtime.build(x.shape)
+    runtime.set_rate(rate)
+    for a, b in zip(constant, dropped_and_gradient(runtime, x), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    layer = BitsDropout(0.1, runtime=True, seed=5)
+    layer.build(x.shape)
+    step = tf.function(lambda v: layer(v, training=True))
+    low = (step(x).numpy() == 0).mean()
+    layer.set_rate(0.6)
+    high = (step(x).numpy() == 0).mean()
+    assert step.experimental_get_tracing_count() == 1
+    assert low < 0.2 < 0.5 < high
+    assert layer.get_config()["rate"] == 0.6 and layer.get_config()["runtime"] is True
+    with pytest.raises(ValueError, match="build it with runtime=True"):
+        BitsDropout(0.1).set_rate(0.2)

@@ -113,3 +113,47 @@ def test_slots_and_configuration_are_kerass_adams():
     assert FusedAdam.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="amsgrad=True.*keras.optimizers.Adam"):
         FusedAdam(amsgrad=True)
+
+
+def test_run_time_clipping_and_l2_are_kerass_arithmetic():
+    """runtime=True: global and per-gradient clipping as Keras's clipnorm/global_clipnorm, bit for bit,
+    and the L2 term 2 · l2 · w on kernels only, which is the gradient of l2 · Σ w² in the loss."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    gradients = [tf.constant(rng.normal(size=shape).astype(np.float32)) for shape in [(3, 3, 4, 4), (4,)]]
+    for keras_clip, clip in (("global_clipnorm", "global"), ("clipnorm", "each")):
+        theirs = momentums_after_one_step(gradients, **{keras_clip: 0.5})
+        ours = momentums_after_one_step(gradients, runtime=True, clip_norm=0.5, clip=clip)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+    values = [rng.normal(size=(3, 3, 4, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)]
+    variables = [keras.Variable(values[0], name="kernel"), keras.Variable(values[1], name="bias")]
+    optimizer = FusedAdam(learning_rate=0.1, runtime=True, l2=0.25)
+    optimizer.apply([tf.zeros((3, 3, 4, 4)), tf.zeros(4)], variables)
+    momentum = [v.numpy() for v in optimizer.variables if v.name.endswith("_momentum")]
+    np.testing.assert_allclose(momentum[0], (1 - 0.9) * 2 * 0.25 * values[0], rtol=1e-6)
+    assert not momentum[1].any()  # biases carry no penalty
+
+
+def test_run_time_values_change_without_a_new_trace():
+    import tensorflow as tf
+
+    variables = [keras.Variable(np.ones((2, 2), np.float32), name="kernel")]
+    optimizer = FusedAdam(learning_rate=0.1, beta_1=0.9, runtime=True, clip_norm=1.0, l2=0.01)
+    optimizer.build(variables)
+    step = tf.function(lambda g: optimizer.apply([g], variables))
+    step(tf.ones((2, 2)))
+    optimizer.set_hyperparameters(learning_rate=0.5, beta_1=0.5, beta_2=0.9, clip_norm=2.0, l2=0.02)
+    optimizer.reset()
+    variables[0].assign(np.ones((2, 2), np.float32))
+    step(tf.ones((2, 2)))
+    assert step.experimental_get_tracing_count() == 1
+    # The second step used the new values: at t = 1 Adam moves each weight by the learning rate.
+    np.testing.assert_allclose(variables[0].numpy(), np.full((2, 2), 0.5), rtol=1e-5)
+    assert int(optimizer.iterations.numpy()) == 1
+    with pytest.raises(ValueError, match="not be turned on or off"):
+        optimizer.set_hyperparameters(learning_rate=0.5, beta_1=0.5, beta_2=0.9, clip_norm=None, l2=0.02)
+    with pytest.raises(ValueError, match="pass runtime=True"):
+        FusedAdam(clip_norm=1.0)

@@ -125,10 +125,18 @@ def test_a_model_folder_written_by_the_earlier_network_loads_and_predicts_the_sa
     from model.run import load_run, save_run
 
     config = TrainConfig(steps=4, eval_every=2, patch_shape=(16, 16, 8), depth=2, seed=2)
+    def earlier_network(params, config, *, in_channels, num_classes, spatial_shape=None):
+        return build_reference_unet(in_channels=in_channels, num_classes=num_classes, channels=params.channels,
+                                    depth=config.depth, keep_prob=params.keep_prob, l2=params.l2, block=config.block)
+
+    def earlier_optimizer(params, clip):
+        return keras.optimizers.Adam(learning_rate=params.learning_rate, beta_1=params.beta1, beta_2=params.beta2,
+                                     global_clipnorm=params.clip_norm)
+
     with (
-        mock.patch("model.training.build_unet", build_reference_unet),
+        mock.patch("model.training._build", earlier_network),
         mock.patch("reference_unet.BitsDropout", keras.layers.Dropout),
-        mock.patch("model.training.FusedAdam", keras.optimizers.Adam),
+        mock.patch("model.training.make_optimizer", earlier_optimizer),
     ):
         result = train(TINY, tiny_data, config)
     kinds = {type(layer).__name__ for layer in result.model.layers}
