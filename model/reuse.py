@@ -40,7 +40,7 @@ class NetworkCache:
     not keep the previous trial's `TrainResult.model` beyond that (save it first).
     """
 
-    def __init__(self, size: int = 2) -> None:
+    def __init__(self, size: int = 4) -> None:
         if size < 1:
             raise ValueError(f"a NetworkCache holds at least one network, not {size}.")
         self.size = size
