@@ -78,7 +78,7 @@ _DATA_KEYS = ("path", "synth", "split")
 # data.synth's defaults are write_dataset's own (as `hpsearch data synth` uses them): one place for each.
 _SYNTH_DEFAULTS = {
     name: parameter.default for name, parameter in inspect.signature(write_dataset).parameters.items()
-    if name in ("cases", "shape", "seed", "myocardium")
+    if name in ("cases", "shape", "seed", "myocardium", "rv", "channels")
 }
 _SYNTH_SIZE = (8, 1024)  # the sizes model.synth.write_dataset accepts
 _SPLIT_DEFAULTS = {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}  # model.data.split_cases's
@@ -472,6 +472,9 @@ def _parse_synth(check: _Checker, value: Any) -> dict | None:
         raise check.fail(f"data.synth.shape {_format_shape(synth['shape'])} needs every size in [{low}, {high}].")
     synth["seed"] = check.seed(synth["seed"], "data.synth.seed")
     synth["myocardium"] = check.boolean(synth["myocardium"], "data.synth.myocardium")
+    synth["rv"] = check.boolean(synth["rv"], "data.synth.rv")
+    if synth["channels"] not in (1, 2) or isinstance(synth["channels"], bool):
+        raise check.fail(f"data.synth.channels must be 1 or 2 (a second MR contrast), got {synth['channels']!r}.")
     return synth
 
 

@@ -100,7 +100,7 @@ def test_paper_study_is_table1_and_the_papers_training():
     assert config.sampler == {"name": "neighborhood", "factor": 10.0, "scale": "log"}
     assert config.pruner is None
     assert config.data_path == ROOT / "data" / "paper"
-    assert config.synth == {"cases": 40, "shape": (192, 192, 12), "seed": 0, "myocardium": False}
+    assert config.synth == {"cases": 40, "shape": (192, 192, 12), "seed": 0, "myocardium": False, "rv": False, "channels": 1}
     assert config.search_space[CHANNELS] == {"low": 4, "high": 64, "log": True, "step": None}
     assert isinstance(config.make_pruner(), optuna.pruners.NopPruner)
 
@@ -140,7 +140,7 @@ def test_defaults_fill_the_rest(tmp_path):
     assert config.training["foreground_share"] == defaults.foreground_share
     assert config.start == Hyperparameters().as_table1()
     assert config.split == {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
-    assert config.synth == {"cases": 4, "shape": (32, 32, 16), "seed": 0, "myocardium": False}
+    assert config.synth == {"cases": 4, "shape": (32, 32, 16), "seed": 0, "myocardium": False, "rv": False, "channels": 1}
     assert config.sampler == {"name": "neighborhood"}
     assert config.pruner is None
     assert config.deterministic is False
@@ -419,7 +419,7 @@ BAD = [
     # structure and unknown keys
     ({"stpes": 1}, r"unknown key 'stpes' in the top level; allowed keys: study, data, training"),
     ({"training.stpes": 5}, r"unknown key 'stpes' in training; allowed keys: steps, eval_every, patch"),
-    ({"data.synth.size": 5}, r"unknown key 'size' in data.synth; allowed keys: cases, shape, seed, myocardium"),
+    ({"data.synth.size": 5}, r"unknown key 'size' in data.synth; allowed keys: cases, shape, seed, myocardium, rv, channels"),
     ({"data.split.train": 0.5}, r"unknown key 'train' in data.split"),
     ({"data.where": "x"}, r"unknown key 'where' in data; allowed keys: path, synth, split"),
     ({f"search_space.{LR}.lo": 1}, r"unknown key 'lo' in search_space 'learning rate'; allowed keys: low, high, log, step"),
@@ -444,6 +444,8 @@ BAD = [
     ({"data.synth.shape": "big"}, r"data.synth.shape 'big' is not a shape; write three sizes like 64x64x16"),
     ({"data.synth.cases": 0}, r"data.synth.cases must be at least 1, got 0"),
     ({"data.synth.myocardium": 1}, r"data.synth.myocardium must be true or false, got 1"),
+    ({"data.synth.rv": "yes"}, r"data.synth.rv must be true or false, got 'yes'"),
+    ({"data.synth.channels": 3}, r"data.synth.channels must be 1 or 2 \(a second MR contrast\), got 3\."),
     ({"data.split.val_fraction": 1.0}, r"data.split.val_fraction must be in \[0, 1\), got 1.0"),
     ({"data.split.val_fraction": 0.6, "data.split.test_fraction": 0.5}, r"leaves no training cases"),
     ({"data.synth": DELETE}, r"dataset folder '.*data' does not exist; create it with 'hpsearch data synth .*data' or add a data.synth section"),
@@ -598,7 +600,7 @@ ANY_VALUE = PLAUSIBLE | st.recursive(
 )
 STUDY_KEYS = [
     "study", "trials", "seed", "trial_seeds", "deterministic", "data", "data.path", "data.synth", "data.synth.cases",
-    "data.synth.shape", "data.synth.seed", "data.synth.myocardium", "data.split", "data.split.seed",
+    "data.synth.shape", "data.synth.seed", "data.synth.myocardium", "data.synth.rv", "data.synth.channels", "data.split", "data.split.seed",
     "data.split.val_fraction", "data.split.test_fraction", "training", "training.steps", "training.eval_every",
     "training.patch", "training.batch", "training.depth", "training.block", "training.loss", "training.clip",
     "training.foreground_share", "training.augment", "start", f"start.{LR}", f"start.{CHANNELS}", f"start.{KEEP}",
