@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 LEVELS = 2**16  # the values 16 random bits can take
 
@@ -59,9 +59,14 @@ class BitsDropout(layers.Dropout):
         rate = self.rate if self.rate_value is None else self.rate_value
         if not training or self.rate <= 0:
             return inputs
-        if self.noise_shape is not None or inputs.shape[-1] is None or not _tensorflow_on_cpu():
+        if self.noise_shape is None and inputs.shape[-1] is not None and _tensorflow_on_cpu():
+            return _bits_dropout(inputs, rate, self.seed_generator.next())
+        if self.rate_value is None or self.noise_shape is not None:
             return keras.random.dropout(inputs, rate, noise_shape=self.noise_shape, seed=self.seed_generator)
-        return _bits_dropout(inputs, rate, self.seed_generator.next())
+        # keras.random.dropout needs a Python rate on JAX (it tests `rate == 1.0`); a mask of the same law, with ops.
+        keep = ops.cast(1.0 - rate, inputs.dtype)
+        kept = keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) >= ops.cast(rate, "float32")
+        return ops.where(kept, inputs / keep, ops.zeros((), inputs.dtype))
 
     def get_config(self):
         config = super().get_config()
