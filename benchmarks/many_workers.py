@@ -364,9 +364,13 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), statistics.quantiles(values, n=20)[18]
 
 
-def benchmark(admin_url: str, *, workers: int, setting: str, **kwargs) -> dict:
-    """`run` on a fresh database of the admin URL's server, dropped afterwards."""
+def benchmark(admin_url: str, *, workers: int, setting: str, through: str | None = None, **kwargs) -> dict:
+    """`run` on a fresh database of the admin URL's server, dropped afterwards; `through` (HOST:PORT,
+    e.g. PgBouncer's) is where the workers connect instead of the server."""
     name, url = fresh_database(admin_url)
+    if through:
+        host, port = through.rsplit(":", 1)
+        url = make_url(url).set(host=host, port=int(port)).render_as_string(hide_password=False)
     try:
         return run(url, workers=workers, setting=setting, admin_url=admin_url, database=name, **kwargs)
     finally:
@@ -421,6 +425,8 @@ def main() -> int:
     parser.add_argument("--stagger", type=float, default=0.0,
                         help="each worker waits uniformly in [0, STAGGER] s before its first ask")
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="admin URL (may CREATE and DROP DATABASE)")
+    parser.add_argument("--through", metavar="HOST:PORT",
+                        help="the workers connect here (a PgBouncer in front of the --postgres server)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -430,7 +436,7 @@ def main() -> int:
         for setting in args.settings:
             result = benchmark(args.postgres, workers=workers, setting=setting, trials=args.trials_per_worker,
                                duration=args.duration, heartbeat=(args.heartbeat, args.grace),
-                               sleep=tuple(args.objective), stagger=args.stagger)
+                               sleep=tuple(args.objective), stagger=args.stagger, through=args.through)
             print(f"# {setting} x{workers}: {json.dumps(result)}", flush=True)
             results.append(result)
     print(table(results))
