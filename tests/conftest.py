@@ -15,6 +15,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest_plugins = ["pg"]
 
 
+def pytest_report_header(config) -> str:
+    """The Keras backend the suite runs on: TensorFlow, or JAX where KERAS_BACKEND=jax (.ci/run's second pass).
+
+    Subprocesses the tests start inherit KERAS_BACKEND from os.environ, so workers run on the same one.
+    """
+    from model.tensorflow_import import import_tensorflow
+
+    import_tensorflow()  # before Keras, which imports TensorFlow unfiltered (its start-up notices)
+    import keras
+
+    asked = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if keras.backend.backend() != asked:  # without KERAS_BACKEND, ~/.keras/keras.json may name another
+        raise pytest.UsageError(f"KERAS_BACKEND={asked} but Keras runs on {keras.backend.backend()}.")
+    return f"keras backend: {keras.backend.backend()}"
+
+
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     """Save `data` as NIfTI (the affine defaults to 1.5 × 1.5 × 8 mm voxels)."""
     affine = np.diag([1.5, 1.5, 8.0, 1.0]) if affine is None else affine

@@ -27,6 +27,7 @@ def tiny_run(tmp_path_factory, synth_dataset):
     return out
 
 
+@pytest.mark.backends
 def test_train_writes_the_model_and_its_hyperparameters(tiny_run, capsys):
     assert sorted(p.name for p in tiny_run.iterdir()) == ["model.keras", "params.yaml", "run.json"]
     info = json.loads((tiny_run / "run.json").read_text())
@@ -38,6 +39,7 @@ def test_train_writes_the_model_and_its_hyperparameters(tiny_run, capsys):
     assert "dropout keep probability: 0.85" in text  # Table 1 default kept
 
 
+@pytest.mark.backends
 def test_segment_keeps_the_affine_and_header_geometry(tiny_run, synth_dataset, tmp_path, capsys):
     source = synth_dataset / "imagesTr" / "case_000.nii.gz"
     target = tmp_path / "mask.nii.gz"
@@ -71,6 +73,7 @@ def test_segment_and_evaluate_in_bfloat16(tiny_run, synth_dataset, tmp_path, cap
     assert "--precision bfloat16 will likely be slower than float32 here" in captured.err
 
 
+@pytest.mark.backends
 def test_evaluate_prints_iou_per_case_and_class(tiny_run, synth_dataset, capsys):
     assert main(["evaluate", "--model", str(tiny_run), "--data", str(synth_dataset), "--split", "all"]) == 0
     out = capsys.readouterr().out

@@ -159,7 +159,7 @@ def test_given_gpu():
     assert given_gpu({"CUDA_VISIBLE_DEVICES": MIGS[0]}) == MIGS[0]
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.backends)])
 def test_the_backend_is_asked_for_its_gpus(backend):
     """require_gpu asks the backend Keras runs on (TensorFlow, or JAX's jax.devices()); here, on the CPU, it refuses."""
     pytest.importorskip(backend)

@@ -104,6 +104,7 @@ def _one_fake_gpu(tmp_path, monkeypatch) -> dict:
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
 
+@pytest.mark.backends
 def test_two_workers_on_one_gpu_refuse_a_backend_without_gpus(tmp_path, monkeypatch):
     """Not refused for the GPU count: both workers get GPU 0; this machine's backend sees no GPU, so they stop."""
     from test_devices import backend_name, skip_where_a_gpu_is_real
@@ -126,6 +127,7 @@ def test_two_workers_on_one_gpu_refuse_a_backend_without_gpus(tmp_path, monkeypa
     assert not load(str(tmp_path / "study.journal")).get_trials(deepcopy=False)  # no trial ran on the CPU
 
 
+@pytest.mark.backends
 def test_two_workers_on_one_gpu_train_on_the_cpu_with_cpu(tmp_path, monkeypatch):
     env = _one_fake_gpu(tmp_path, monkeypatch)
     study_file = write_tiny_study(tmp_path / "studies", trials=1, steps=2, eval_every=2, depth=1)

@@ -24,6 +24,7 @@ def tiny(tmp_path_factory):
     return config, load_data(config)
 
 
+@pytest.mark.backends
 def test_a_trial_reports_its_curve_attributes_and_model(tiny, tmp_path):
     config, data = tiny
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path))

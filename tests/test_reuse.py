@@ -67,6 +67,7 @@ def test_a_reused_network_trains_exactly_as_a_new_one(tiny_data):
     assert any(not np.array_equal(a, b) for a, b in zip(first, reused_weights))
 
 
+@pytest.mark.backends
 def test_the_step_is_traced_once_per_network_shape(tiny_data, traces):
     networks = NetworkCache()
     train(FIRST, tiny_data, CONFIG, networks=networks)

@@ -56,6 +56,7 @@ def test_best_weights_are_restored(tiny_data):
     assert again.iou == pytest.approx(result.best.iou, abs=1e-9)
 
 
+@pytest.mark.backends
 def test_callbacks_see_every_step_and_evaluation_in_order(tiny_data):
     """What a benchmark timing training from outside relies on: one call per step, then that step's evaluation."""
     events = []
