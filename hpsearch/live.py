@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -74,18 +75,19 @@ class LiveView:
             iou = f"{status['iou']:.4f}" if isinstance(status.get("iou"), float) else "-"
             device = f"GPU {slot.gpu}" if slot.gpu is not None else f"CPU×{launcher.threads or 'all'}"
             row = [f"w{slot.index}", pid, device, "-" if trial is None else str(trial), step, iou, state]
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # Text, not str: a cell's '[...]' is not rich markup
             lines.append(f"w{slot.index}: trial {row[3]} {state}, IoU {iou}")
         footer = Text(f"watch: {self.dashboard_command}    stop: Ctrl-C (the study resumes with the next launch)", style="dim")
         events = [Text(event, style="yellow") for event in launcher.events[-5:]]
         if self._live is not None:
             self._live.update(Group(header, table, *events, footer))
             return
-        # Not a terminal (CI, a log file): print each new event, and a line when something changed.
+        # Not a terminal (CI, a log file): print each new event, and a line when something changed. Both hold
+        # the user's text (a log's last error, a GPU name, a path), so '[...]' is escaped, not read as rich markup.
         for event in launcher.events[self._events_printed:]:
-            stderr.print(event, soft_wrap=True)
+            stderr.print(escape(event), soft_wrap=True)
         self._events_printed = len(launcher.events)
         line = f"{summary['complete']}/{self.target} complete; {best_text}; " + "; ".join(lines)
         if line != self._last_line:
-            stderr.print(line, soft_wrap=True)
+            stderr.print(escape(line), soft_wrap=True)
             self._last_line = line
