@@ -462,7 +462,7 @@ def command_lines(draw) -> list[str]:
         if action.nargs == 0:
             continue
         if action.choices and draw(st.booleans()):
-            argv.append(draw(st.sampled_from(sorted(action.choices))))
+            argv.append(str(draw(st.sampled_from(sorted(action.choices)))))  # choices may be ints (--channels)
         elif action.dest in ("steps", "cases", "eval_every") and draw(st.booleans()):
             argv.append(draw(st.sampled_from(["1", "2"])))
         else:
