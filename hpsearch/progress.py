@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 stderr = Console(stderr=True)
 stdout = Console(soft_wrap=True)
@@ -49,10 +50,11 @@ def training_bar(steps: int) -> Iterator[tuple[Callable[[int, float], None], Cal
 
 
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A plain table on stdout."""
-    table = Table(title=title, title_justify="left")
+    """A plain table on stdout; every cell is printed as written (Text, not rich markup: a case or
+    class named "[rv]" stays "[rv]")."""
+    table = Table(title=Text(title), title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(Text(column))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(str(cell)) for cell in row))
     stdout.print(table)

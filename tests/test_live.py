@@ -32,3 +32,11 @@ def test_square_brackets_in_events_and_states_are_printed_not_read_as_markup(tmp
         launcher.cleanup()
     lines = capsys.readouterr().err.splitlines()
     assert lines == [f"worker w0 stopped: {REFUSAL}", f"0/2 complete; no complete trial yet; w0: trial - {REFUSAL}, IoU -"]
+
+
+def test_tables_print_names_as_written(capsys):
+    from hpsearch.progress import print_table
+
+    print_table("study [paper]", ["class [name]"], [["[rv]"], ["[bold]lv"]])
+    out = capsys.readouterr().out
+    assert "study [paper]" in out and "class [name]" in out and "[rv]" in out and "[bold]lv" in out
