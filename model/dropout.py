@@ -89,7 +89,7 @@ def _bits_dropout(inputs, rate, seed):
     """`rate`: a float, or a scalar variable (runtime=True) read when the step runs."""
     import tensorflow as tf
 
-    if isinstance(rate, float):
+    if isinstance(rate, (int, float)):
         threshold = drop_threshold(rate)
         if threshold >= LEVELS:
             return tf.zeros_like(inputs)
