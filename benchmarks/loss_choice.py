@@ -5,6 +5,7 @@ class 2 next to the left-ventricle blood pool (class 1), over several seeds, kee
 validation weights, and prints the held-out (test split) IoU of each class.
 
     python benchmarks/loss_choice.py [--steps 600] [--seeds 3] [--losses joint,per_class,per_class_ce]
+    python benchmarks/loss_choice.py --data DIR ...     # an MSD dataset instead, e.g. benchmarks/brain_slabs.py's
 
 `--rv` labels the right-ventricle blood pool too (class 3, the smallest: RV < LV < myocardium in
 size) and `--image-channels 2` adds a second MR contrast (as `hpsearch data synth --rv --channels 2`).
@@ -45,11 +46,13 @@ def main() -> None:
                         help="label the right-ventricle blood pool as class 3 too (three foreground classes)")
     parser.add_argument("--image-channels", type=int, choices=(1, 2), default=1,
                         help="image channels of the synthetic data: 1, or 2 for a second MR contrast (default: 1)")
+    parser.add_argument("--data", type=Path,
+                        help="train on this MSD dataset instead of synthetic stacks (e.g. benchmarks/brain_slabs.py's)")
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split("x"))
     with tempfile.TemporaryDirectory() as folder:
-        root = write_dataset(Path(folder) / "data", cases=args.cases, shape=shape, seed=0, myocardium=True,
-                             rv=args.rv, channels=args.image_channels)
+        root = args.data or write_dataset(Path(folder) / "data", cases=args.cases, shape=shape, seed=0,
+                                          myocardium=True, rv=args.rv, channels=args.image_channels)
         dataset = load_dataset(root)
         foreground = range(1, dataset.num_classes)
         short = [SHORT_NAMES.get(name, name) for name in dataset.class_names]
@@ -70,7 +73,8 @@ def main() -> None:
                 print(f"{loss:12s} seed {seed}: test IoU {classes}  "
                       f"mean {held_out.iou:.3f}  ({time.perf_counter() - started:.0f} s)", flush=True)
     data_note = (", RV labelled" if args.rv else "") + (f", {args.image_channels} image channels" if args.image_channels > 1 else "")
-    print(f"\n{args.steps} steps, {args.channels} channels, lr {args.learning_rate}, {args.cases} cases of {args.shape}{data_note}, {args.seeds} seeds; {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    cases = f"{args.data} ({len(dataset.case_names)} cases)" if args.data else f"{args.cases} cases of {args.shape}{data_note}"
+    print(f"\n{args.steps} steps, {args.channels} channels, lr {args.learning_rate}, {cases}, {args.seeds} seeds; {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     columns = [f"{short[c]} test IoU" for c in foreground] + ["mean foreground test IoU", "lowest class IoU in any seed"]
     print("| loss | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 1))
