@@ -46,6 +46,7 @@ def main() -> None:
                         help="label the right-ventricle blood pool as class 3 too (three foreground classes)")
     parser.add_argument("--image-channels", type=int, choices=(1, 2), default=1,
                         help="image channels of the synthetic data: 1, or 2 for a second MR contrast (default: 1)")
+    parser.add_argument("--augment", action="store_true", help="augment training blocks on the fly (flips, rotations, ...)")
     parser.add_argument("--data", type=Path,
                         help="train on this MSD dataset instead of synthetic stacks (e.g. benchmarks/brain_slabs.py's)")
     args = parser.parse_args()
@@ -63,7 +64,8 @@ def main() -> None:
         rows = {}
         for loss in args.losses.split(","):
             for seed in range(args.seeds):
-                config = TrainConfig(steps=args.steps, eval_every=max(args.steps // 4, 1), patch_shape=(32, 32, 16), loss=loss, seed=seed)
+                config = TrainConfig(steps=args.steps, eval_every=max(args.steps // 4, 1), patch_shape=(32, 32, 16), loss=loss, seed=seed,
+                                     augment=args.augment)
                 started = time.perf_counter()
                 result = train(params, data, config)
                 held_out = evaluate(result.model, test_cases, depth=config.depth, num_classes=dataset.num_classes)
@@ -74,7 +76,8 @@ def main() -> None:
                       f"mean {held_out.iou:.3f}  ({time.perf_counter() - started:.0f} s)", flush=True)
     data_note = (", RV labelled" if args.rv else "") + (f", {args.image_channels} image channels" if args.image_channels > 1 else "")
     cases = f"{args.data} ({len(dataset.case_names)} cases)" if args.data else f"{args.cases} cases of {args.shape}{data_note}"
-    print(f"\n{args.steps} steps, {args.channels} channels, lr {args.learning_rate}, {cases}, {args.seeds} seeds; {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"\n{args.steps} steps, {args.channels} channels, lr {args.learning_rate}, {cases}, {args.seeds} seeds"
+          f"{', augmented' if args.augment else ''}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     columns = [f"{short[c]} test IoU" for c in foreground] + ["mean foreground test IoU", "lowest class IoU in any seed"]
     print("| loss | " + " | ".join(columns) + " |")
     print("|" + " --- |" * (len(columns) + 1))
