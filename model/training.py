@@ -18,11 +18,11 @@ import numpy as np
 from model.checkpoint import Checkpoint
 from model.config import TrainConfig
 from model.data import Case, TrainData
+from model.dropout import BitsDropout
 from model.errors import InputError, TrainingDiverged
 from model.inference import evaluate_cases
 from model.losses import get_loss
 from model.metrics import dice_from_counts, iou_from_counts, mean_foreground_iou
-from model.dropout import BitsDropout
 from model.optimizer import FusedAdam
 from model.params import Hyperparameters
 from model.patches import PatchSampler
