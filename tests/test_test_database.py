@@ -123,15 +123,15 @@ def postgres_plan():
 
 INNER_TESTS = '''
 def test_one(postgres_url):
-    pass
+    assert postgres_url.startswith("postgresql")
 
 
 def test_two(postgres_url):
-    pass
+    assert postgres_url.startswith("postgresql")
 
 
 def test_own_server(private_postgres):
-    pass
+    assert private_postgres
 '''
 
 
@@ -139,7 +139,7 @@ def run_inner_session(tmp_path, ci: str) -> subprocess.CompletedProcess:
     """A real pytest session over three database tests in two files, with the binaries hidden."""
     (tmp_path / "conftest.py").write_text(INNER_CONFTEST)
     (tmp_path / "test_a.py").write_text(INNER_TESTS)
-    (tmp_path / "test_b.py").write_text("def test_three(postgres_url):\n    pass\n")
+    (tmp_path / "test_b.py").write_text('def test_three(postgres_url):\n    assert postgres_url.startswith("postgresql")\n')
     empty = tmp_path / "no-binaries"
     empty.mkdir()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), POSTGRES_BIN_ENV: str(empty), "CI": ci}
