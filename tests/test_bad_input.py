@@ -27,12 +27,11 @@ from optuna.trial import TrialState, create_trial
 
 from hpsearch.cli import main
 from hpsearch.config import load_study
-from hpsearch.launcher import prepare_study
 from hpsearch.storage import open_storage
 from hpsearch.worker import ensure_dataset
 from model.data import load_dataset, split_cases
 
-from searchutil import write_tiny_study
+from searchutil import tiny_study_with_two_trials, write_tiny_study
 
 PASSWORD = "Pw-s3cret-XYZ"
 TINY_TRAIN = ["--steps", "2", "--eval-every", "2", "--patch", "16x16x8", "--depth", "2"]
@@ -94,12 +93,7 @@ def world(tmp_path_factory) -> Path:
     ensure_dataset(config)
     data = config.data_path
     storage = open_storage(str(root / "studies" / "hpsearch.journal"), heartbeat_interval=None)
-    study = prepare_study(config, storage, target=2)
-    for value, rate in ((0.41, 3.0e-3), (0.52, 1.0e-3)):
-        study.add_trial(create_trial(
-            params={"learning rate": rate, "channels in first conv layer": 2},
-            distributions=config.distributions(), value=value, user_attrs={"worker": "host/w0"},
-        ))
+    tiny_study_with_two_trials(config, storage)
     empty = optuna.create_study(study_name="empty", storage=storage, direction="maximize")
     empty.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "interrupted"}))
 

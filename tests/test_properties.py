@@ -44,15 +44,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
-from optuna.trial import create_trial
 
 import model
 from hpsearch.cli import main
 from hpsearch.config import load_study
-from hpsearch.launcher import prepare_study
 from hpsearch.storage import open_storage
 
-from searchutil import write_tiny_study
+from searchutil import tiny_study_with_two_trials, write_tiny_study
 
 TINY_TRAIN = ["--steps", "2", "--eval-every", "2", "--patch", "16x16x8", "--depth", "2"]
 # TensorFlow writes these before its logging is set up; they are not ours to silence.
@@ -390,12 +388,7 @@ def world(tmp_path_factory, files) -> Path:
     shutil.copytree(files, data)
     (data / "dataset.json").write_text(json.dumps(msd_document()))
     storage = open_storage(str(root / "studies" / "hpsearch.journal"), heartbeat_interval=None)
-    study = prepare_study(config, storage, target=2)
-    for value, rate in ((0.41, 3.0e-3), (0.52, 1.0e-3)):
-        study.add_trial(create_trial(
-            params={"learning rate": rate, "channels in first conv layer": 2},
-            distributions=config.distributions(), value=value, user_attrs={"worker": "host/w0"},
-        ))
+    tiny_study_with_two_trials(config, storage)
     (root / "params.yaml").write_text("hyperparameters:\n  channels in first conv layer: 2\n")
     assert main(["train", "--data", str(data), "--params", str(root / "params.yaml"), "--out", str(root / "model"),
                  *TINY_TRAIN]) == 0
@@ -534,18 +527,25 @@ def test_command_lines_in_a_subprocess(world, argv):
 # ---------------------------------------------------------------- an output folder that cannot hold the model
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 200 KiB tmpfs (a disk that fills up); unmounted afterwards. Skipped where mounting is not allowed."""
-    mount_point = tmp_path / "full"
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str):
+    """A tmpfs mounted at the new folder `mount_point` with mount `options`; unmounted afterwards.
+    Skipped where mounting is not allowed."""
     mount_point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount_point)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                       capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root")
     try:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 200 KiB tmpfs: a disk that fills up."""
+    with mounted_tmpfs(tmp_path / "full", "size=200k") as mount_point:
+        yield mount_point
 
 
 def test_train_on_a_full_disk_says_where_the_model_went(world, tiny_tmpfs, capsys, monkeypatch, tmp_path):
@@ -571,16 +571,9 @@ def test_train_on_a_full_disk_says_where_the_model_went(world, tiny_tmpfs, capsy
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    """A read-only tmpfs (root ignores file modes, not a read-only mount); skipped where mounting is not allowed."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
+    """A read-only tmpfs (root ignores file modes, not a read-only mount)."""
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("where", ["read-only folder", "parent is a file"])
