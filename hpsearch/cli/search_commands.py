@@ -118,14 +118,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         return _launch_slurm(args, config, target)
     gpus = choose_gpus(args.gpus, args.workers, per_gpu=args.workers_per_gpu, cpu=args.cpu)
     threads = None if any(g is not None for g in gpus) else cpu_threads(len(gpus))
-    paths = study_paths(args.study_home)
-    fix = f"move it away, or keep the study file in another folder than {args.study_home}"
-    artifacts = resolve_artifacts(args.artifacts, default_folder=paths["artifacts"])
-    if is_s3(artifacts):
-        open_artifact_store(artifacts, create=False)  # the bucket checked once here, not by every worker's trial
-    else:
-        writable_folder(Path(artifacts), "trial models", fix)
-    writable_folder(paths["logs"] / config.name, "worker logs", fix)
+    artifacts, log_dir = _checked_outputs(args, config)
     url, storage = open_study_storage(args)
     if config.synth is not None and not config.data_path.exists():
         with bar(f"writing synthetic data to {config.data_path}", total=config.synth["cases"]) as advance:
@@ -145,7 +138,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     flags += f" --storage {shlex.quote(shown)}" if args.storage else ""
     launcher = Launcher(
         config, url, storage, target=target, gpus=gpus, threads=threads,
-        artifacts=artifacts, log_dir=paths["logs"] / config.name,
+        artifacts=artifacts, log_dir=log_dir,
     )
     devices = describe_gpus(gpus) if threads is None else f"CPU, {threads} thread(s) each"
     print(f"starting {len(gpus)} worker(s) on {devices}; logs in {launcher.log_dir}")
@@ -166,6 +159,21 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return code
 
 
+def _checked_outputs(args: argparse.Namespace, config) -> tuple[str, Path]:
+    """A launch's trial model store (a folder or s3://bucket/prefix) and worker-log folder, checked before
+    any worker starts: the bucket once here, not by every worker's trial; the folders writable."""
+    paths = study_paths(args.study_home)
+    fix = f"move it away, or keep the study file in another folder than {args.study_home}"
+    artifacts = resolve_artifacts(args.artifacts, default_folder=paths["artifacts"])
+    if is_s3(artifacts):
+        open_artifact_store(artifacts, create=False)
+    else:
+        writable_folder(Path(artifacts), "trial models", fix)
+    log_dir = paths["logs"] / config.name
+    writable_folder(log_dir, "worker logs", fix)
+    return artifacts, log_dir
+
+
 def _launch_slurm(args: argparse.Namespace, config, target: int) -> int:
     """`launch --executor slurm`: submit the workers as a job array, watch the study until its target."""
     from hpsearch import slurm
@@ -182,15 +190,7 @@ def _launch_slurm(args: argparse.Namespace, config, target: int) -> int:
         config.slurm, partition=args.slurm_partition, time=args.slurm_time, account=args.slurm_account,
         options=args.slurm_option, cpu=args.cpu,
     )
-    paths = study_paths(args.study_home)
-    fix = f"move it away, or keep the study file in another folder than {args.study_home}"
-    artifacts = resolve_artifacts(args.artifacts, default_folder=paths["artifacts"])
-    if is_s3(artifacts):
-        open_artifact_store(artifacts, create=False)  # the bucket checked once here, not by every task's trial
-    else:
-        writable_folder(Path(artifacts), "trial models", fix)
-    log_dir = paths["logs"] / config.name
-    writable_folder(log_dir, "worker logs", fix)
+    artifacts, log_dir = _checked_outputs(args, config)
     _, storage = open_study_storage(args)
     ensure_dataset(config)  # the nodes read it from the shared file system
     from hpsearch.preflight import check_dataset
